@@ -1,0 +1,99 @@
+"""The catalog of a stored dataset: its cases, splits, slice counts and per-slice classes.
+
+Each published case group carries its own `CaseRecord` (so the catalog can always be rebuilt from
+what is on disk); `catalog.json` beside the cases is the index readers load in one go. It is
+replaced atomically, so a reader never sees a half-written catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+CATALOG_FILE = "catalog.json"
+
+
+@dataclass
+class CaseRecord:
+    case: str
+    split: str
+    slices: int
+    shape: tuple[int, int, int]  # stored (z, y, x)
+    roles: list[str]  # arrays of the case: image, target, and mask for inpainting
+    checksum: str  # of the source files: re-ingest skips a case whose sources are unchanged
+    sources: list[str]
+    geometry: dict  # storage.geometry.Geometry of the source, to write outputs back in place
+    spacing: tuple[float, float, float]  # stored (z, y, x) voxel size in mm
+    intensity: dict[str, dict[str, float]]  # role -> {low, high}: the [0, 1] scaling applied
+    classes: list[int] = field(default_factory=list)  # foreground classes anywhere in the case
+    slice_classes: list[list[int]] = field(default_factory=list)  # per slice; empty for image targets
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CaseRecord:
+        data = dict(data)
+        data["shape"] = tuple(data["shape"])
+        data["spacing"] = tuple(data["spacing"])
+        return cls(**data)
+
+    @property
+    def foreground_slices(self) -> list[int]:
+        return [index for index, classes in enumerate(self.slice_classes) if classes]
+
+
+@dataclass
+class Catalog:
+    dataset: str
+    spec: dict
+    cases: dict[str, CaseRecord] = field(default_factory=dict)
+
+    def split(self, name: str | None) -> list[str]:
+        return sorted(c for c, r in self.cases.items() if name is None or r.split == name)
+
+    def summary(self) -> dict:
+        splits: dict[str, int] = {}
+        for record in self.cases.values():
+            splits[record.split] = splits.get(record.split, 0) + 1
+        return {
+            "dataset": self.dataset,
+            "task": self.spec.get("task"),
+            "modality": self.spec.get("modality"),
+            "cases": len(self.cases),
+            "splits": splits,
+            "slices": sum(r.slices for r in self.cases.values()),
+            "classes": sorted({c for r in self.cases.values() for c in r.classes}),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "dataset": self.dataset,
+            "spec": self.spec,
+            "summary": self.summary(),
+            "cases": {name: record.to_dict() for name, record in sorted(self.cases.items())},
+        }
+
+    def save(self, dataset_dir: Path) -> None:
+        write_json_atomic(Path(dataset_dir) / CATALOG_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, dataset_dir: Path) -> Catalog:
+        data = json.loads((Path(dataset_dir) / CATALOG_FILE).read_text())
+        return cls(data["dataset"], data["spec"], {k: CaseRecord.from_dict(v) for k, v in data["cases"].items()})
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write to a temporary file beside `path`, then rename over it (atomic on POSIX)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            json.dump(data, file, indent=1)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,362 @@
+"""Dataset layouts: find the cases of a dataset folder and what files make each one.
+
+Three layouts are understood:
+- nnU-Net v2 raw: `dataset.json`, `imagesTr/{case}_{XXXX}{ending}`, `labelsTr/{case}{ending}`,
+  optional `imagesTs/` (+ `labelsTs/`), or explicit per-case paths under the `dataset` key;
+- MSD `TaskNN_*`: `dataset.json` with `training` / `test` lists of 4-D NIfTI files;
+- a manifest (CSV or JSON) of rows `case, image, target, split` plus reader keys, for everything
+  else (DICOM folders, PNG, HDF5, .mat, .npy, MHA/NRRD).
+
+A layout only plans: it never reads pixels. Rows that cannot be planned (a path escaping the
+dataset folder, a malformed row) become `CaseProblem`s so that one bad case never stops the rest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage.specs import DatasetSpec, get_spec
+
+
+class LayoutError(ValueError):
+    """The dataset folder as a whole cannot be understood (not one case of it)."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str
+    key: str | None = None  # HDF5 dataset, .mat variable or .npz entry
+    channel: int | None = None  # channel of a multi-channel (4-D) file
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """The files of one case. `channels` are the input channels in order; the spec says which is
+    the input and which the target. The label is one file, or binary masks merged into one map."""
+
+    case: str
+    split: str
+    channels: tuple[SourceFile, ...]
+    label: SourceFile | None = None
+    label_parts: tuple[tuple[int, SourceFile], ...] = ()  # (class value, binary mask file)
+
+    def files(self) -> list[str]:
+        paths = [f.path for f in self.channels]
+        paths += [self.label.path] if self.label else []
+        paths += [f.path for _, f in self.label_parts]
+        return list(dict.fromkeys(paths))
+
+    @property
+    def has_label(self) -> bool:
+        return self.label is not None or bool(self.label_parts)
+
+
+@dataclass(frozen=True)
+class CaseProblem:
+    case: str
+    reason: str
+
+
+@dataclass
+class DatasetPlan:
+    spec: DatasetSpec
+    root: Path
+    cases: list[CaseSource]
+    problems: list[CaseProblem] = field(default_factory=list)
+    declared_labels: dict[int, str] | None = None  # from dataset.json; None when the source declares none
+
+
+def plan_dataset(source: str | Path, spec: DatasetSpec | str | None = None) -> DatasetPlan:
+    """Find the layout of `source` (a folder or a manifest file) and list its cases."""
+    source = Path(source)
+    if isinstance(spec, str):
+        spec = get_spec(spec)
+    if not source.exists():
+        raise LayoutError(f"{source}: no such file or folder")
+    if source.is_file():
+        if source.suffix.lower() not in (".csv", ".json"):
+            raise LayoutError(f"{source}: a dataset is a folder or a manifest (.csv / .json)")
+        if source.name == "dataset.json":
+            return plan_dataset(source.parent, spec)
+        return plan_manifest(source, spec)
+    manifests = [source / name for name in ("manifest.json", "manifest.csv") if (source / name).is_file()]
+    if manifests:
+        return plan_manifest(manifests[0], spec)
+    dataset_json = source / "dataset.json"
+    if dataset_json.is_file():
+        description = _load_json(dataset_json)
+        if "training" in description:
+            return plan_msd(source, description, spec)
+        return plan_nnunet(source, description, spec)
+    if (source / "imagesTr").is_dir():
+        return plan_nnunet(source, {}, spec)
+    raise LayoutError(
+        f"{source}: not a dataset folder: expected dataset.json (nnU-Net v2 or MSD), imagesTr/, "
+        "or a manifest.json / manifest.csv"
+    )
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise LayoutError(f"{path}: not valid JSON ({error})") from error
+
+
+def inside(root: Path, relative: str) -> Path:
+    """Resolve `relative` under `root`; refuse paths that escape it (`../`, absolute, symlinks out)."""
+    resolved = (root / relative).resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise ValueError(f"path {relative!r} escapes the dataset folder {root}")
+    return resolved
+
+
+# --------------------------------------------------------------------------------- spec choice
+
+
+def _spec_from_description(root: Path, description: dict, layout: str, spec: DatasetSpec | None) -> DatasetSpec:
+    """The spec a dataset is ingested with: the user's, else its `mvg` block, else nnU-Net fields."""
+    overrides = dict(description.get("mvg", {}))
+    if spec is not None:
+        return spec
+    channel_names = description.get("channel_names") or description.get("modality") or {}
+    first_channel = str(next(iter(channel_names.values()), "")) if channel_names else ""
+    modality = overrides.pop("modality", "CT" if first_channel.upper() == "CT" else (first_channel or "MRI"))
+    return DatasetSpec(
+        name=overrides.pop("name", _dataset_name(root)),
+        title=overrides.pop("title", description.get("name", root.name)),
+        region=overrides.pop("region", "unknown"),
+        modality=modality,
+        task=overrides.pop("task", "segmentation"),
+        layout=layout,
+        classes=declared_labels(description) or {},
+        normalisation=overrides.pop("normalisation", "ct" if modality.upper() == "CT" else "percentile"),
+        **overrides,
+    )
+
+
+def _dataset_name(root: Path) -> str:
+    """nnU-Net's Dataset123_Name / MSD's Task04_Name become `name` in lower case."""
+    name = re.sub(r"^(Dataset\d+_|Task\d+_)", "", root.name)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "dataset"
+
+
+def declared_labels(description: dict) -> dict[int, str] | None:
+    """Foreground labels declared by an nnU-Net v2 (`name: value`) or MSD (`"value": name`) json."""
+    labels = description.get("labels")
+    if not labels:
+        return None
+    declared: dict[int, str] = {}
+    for key, value in labels.items():
+        if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and not str(key).isdigit()):
+            declared[int(value)] = str(key)  # nnU-Net v2: {"liver": 1}
+        elif str(key).isdigit():
+            declared[int(key)] = str(value)  # MSD: {"1": "liver"}
+        else:
+            raise LayoutError(f"dataset.json: label {key!r}: {value!r} is neither name->value nor value->name")
+    declared.pop(0, None)
+    return declared
+
+
+def assign_splits(cases: list[str], test_fraction: float) -> dict[str, str]:
+    """A stable train/test split for layouts that have none: the same case always lands on the
+    same side, whatever machine or order, and at least one case is held out when there are two."""
+    ranked = sorted(cases, key=lambda c: hashlib.blake2b(c.encode(), digest_size=8).hexdigest())
+    n_test = min(len(cases) - 1, max(1, math.floor(len(cases) * test_fraction + 0.5))) if len(cases) > 1 else 0
+    test = set(ranked[:n_test])
+    return {case: "test" if case in test else "train" for case in cases}
+
+
+# --------------------------------------------------------------------------------- nnU-Net v2
+
+CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def plan_nnunet(root: Path, description: dict, spec: DatasetSpec | None) -> DatasetPlan:
+    spec = _spec_from_description(root, description, "nnunet", spec)
+    ending = description.get("file_ending") or _guess_ending(root / "imagesTr")
+    plan = DatasetPlan(spec, root, [], declared_labels=declared_labels(description))
+    if "dataset" in description:  # explicit per-case paths (nnU-Net v2 `dataset` key)
+        explicit = []
+        for case, entry in sorted(description["dataset"].items()):
+            try:
+                channels = tuple(SourceFile(str(inside(root, p))) for p in entry["images"])
+                label = SourceFile(str(inside(root, entry["label"]))) if entry.get("label") else None
+                explicit.append(CaseSource(case, "train", channels, label))
+            except (KeyError, TypeError, ValueError) as error:
+                plan.problems.append(CaseProblem(case, f"dataset.json entry: {error}"))
+        plan.cases = _with_splits(explicit, spec)
+        return plan
+    train = _nnunet_folder(root / "imagesTr", root / "labelsTr", ending, "train", plan)
+    test = _nnunet_folder(root / "imagesTs", root / "labelsTs", ending, "test", plan)
+    if test and not any(c.has_label for c in test) and spec.target_channel is None:
+        test = []  # unlabelled test images cannot be evaluated; hold out labelled training cases instead
+    plan.cases = test + (train if test else _with_splits(train, spec))
+    return plan
+
+
+def _guess_ending(folder: Path) -> str:
+    for ending in (".nii.gz", ".nii", ".mha", ".nrrd", ".png", ".tif", ".bmp", ".jpg"):
+        if folder.is_dir() and any(p.name.endswith(ending) for p in folder.iterdir()):
+            return ending
+    raise LayoutError(f"{folder}: no image files found (and dataset.json gives no file_ending)")
+
+
+def _nnunet_folder(images: Path, labels: Path, ending: str, split: str, plan: DatasetPlan) -> list[CaseSource]:
+    if not images.is_dir():
+        return []
+    channels: dict[str, dict[int, Path]] = {}
+    for path in sorted(images.iterdir()):
+        if path.name.startswith(".") or not path.name.endswith(ending):
+            continue
+        stem = path.name[: -len(ending)]
+        match = CHANNEL_FILE.match(stem)
+        case, channel = (match["case"], int(match["channel"])) if match else (stem, 0)
+        channels.setdefault(case, {})[channel] = path
+    cases = []
+    for case, files in sorted(channels.items()):
+        if sorted(files) != list(range(len(files))):
+            plan.problems.append(CaseProblem(case, f"{images}: channel files {sorted(files)} are not 0..{len(files) - 1}"))
+            continue
+        label = labels / f"{case}{ending}"
+        needs_label = plan.spec.target_channel is None or plan.spec.label_role == "mask"
+        has_labels_folder = labels.is_dir()
+        cases.append(
+            CaseSource(
+                case,
+                split,
+                tuple(SourceFile(str(files[c])) for c in range(len(files))),
+                # a missing label file is kept as a path so that the case fails naming it
+                SourceFile(str(label)) if (label.exists() or (needs_label and (has_labels_folder or split == "train"))) else None,
+            )
+        )
+    return cases
+
+
+def _with_splits(cases: list[CaseSource], spec: DatasetSpec) -> list[CaseSource]:
+    splits = assign_splits([c.case for c in cases], spec.test_fraction)
+    return [CaseSource(c.case, splits[c.case], c.channels, c.label, c.label_parts) for c in cases]
+
+
+# --------------------------------------------------------------------------------- MSD
+
+
+def plan_msd(root: Path, description: dict, spec: DatasetSpec | None) -> DatasetPlan:
+    spec = _spec_from_description(root, description, "msd", spec)
+    plan = DatasetPlan(spec, root, [], declared_labels=declared_labels(description))
+    cases = []
+    for entry in description.get("training", []):
+        image = entry.get("image", "") if isinstance(entry, dict) else ""
+        case = Path(image).name.removesuffix(".gz").removesuffix(".nii") or "?"
+        if Path(image).name.startswith("._"):
+            continue  # macOS resource forks shipped inside the MSD tarballs
+        try:
+            image_path = inside(root, image)
+            label_path = inside(root, entry["label"])
+        except (KeyError, ValueError) as error:
+            plan.problems.append(CaseProblem(case, f"dataset.json training entry: {error}"))
+            continue
+        cases.append(CaseSource(case, "train", (SourceFile(str(image_path)),), SourceFile(str(label_path))))
+    plan.cases = _with_splits(cases, spec)
+    return plan
+
+
+# --------------------------------------------------------------------------------- manifest
+
+MANIFEST_COLUMNS = ("case", "image", "target", "split", "mask", "image_key", "target_key", "mask_key")
+
+
+def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
+    """Rows of `case, image, target, split` (+ `mask` for inpainting, `*_key` reader options).
+
+    A JSON manifest is either a list of rows or `{"cases": [...], ...spec fields..., "root": DIR}`;
+    `root` (default: the manifest's folder) is the dataset folder that every path must stay inside.
+    `target` may also be `{class name: binary mask file}`, merged into one label map by `classes`.
+    """
+    header: dict = {}
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="") as file:
+            rows = list(csv.DictReader(file))
+    else:
+        content = _load_json(path)
+        rows = content if isinstance(content, list) else content.get("cases", [])
+        header = {} if isinstance(content, list) else {k: v for k, v in content.items() if k != "cases"}
+    root = (path.parent / header.pop("root", ".")).resolve()
+    spec = _manifest_spec(path, header, spec)
+    plan = DatasetPlan(spec, root, [], declared_labels=dict(spec.classes) if header.get("classes") else None)
+    names = {name: value for value, name in spec.classes.items()}
+    unsplit = []
+    for number, row in enumerate(rows, start=1):
+        case = str(row.get("case") or f"row{number}")
+        try:
+            plan.cases.append(_manifest_case(root, case, row, spec, names))
+        except (KeyError, ValueError) as error:
+            plan.problems.append(CaseProblem(case, f"{path.name} row {number}: {error}"))
+            continue
+        if not row.get("split"):
+            unsplit.append(case)
+    if unsplit:
+        splits = assign_splits(unsplit, spec.test_fraction)
+        plan.cases = [
+            CaseSource(c.case, splits.get(c.case, c.split), c.channels, c.label, c.label_parts) for c in plan.cases
+        ]
+    return plan
+
+
+def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> DatasetSpec:
+    spec_fields = {k: v for k, v in header.items() if k in DatasetSpec.__dataclass_fields__}
+    if "classes" in spec_fields:
+        spec_fields["classes"] = {int(k): v for k, v in spec_fields["classes"].items()}
+    if spec is None and "spec" in header:
+        spec = get_spec(header["spec"])
+    if spec is not None:
+        spec = spec.with_overrides(layout="manifest", **spec_fields)
+    else:
+        modality = spec_fields.pop("modality", "MRI")
+        spec = DatasetSpec(
+            name=spec_fields.pop("name", _dataset_name(path.parent if path.stem == "manifest" else path.with_suffix(""))),
+            title=spec_fields.pop("title", path.stem),
+            region=spec_fields.pop("region", "unknown"),
+            modality=modality,
+            task=spec_fields.pop("task", "segmentation"),
+            layout="manifest",
+            normalisation=spec_fields.pop("normalisation", "ct" if str(modality).upper() == "CT" else "percentile"),
+            **{k: v for k, v in spec_fields.items() if k not in ("layout",)},
+        )
+    if spec.task in ("synthesis", "denoising", "inpainting"):
+        # a manifest row names the input and the target directly: they are channels 0 and 1
+        spec = spec.with_overrides(input_channel=0, target_channel=1)
+    return spec
+
+
+def _manifest_case(root: Path, case: str, row: dict, spec: DatasetSpec, class_values: dict[str, int]) -> CaseSource:
+    if not row.get("image"):
+        raise ValueError("has no image")
+    image = SourceFile(str(inside(root, row["image"])), row.get("image_key") or None)
+    target = row.get("target")
+    split = str(row.get("split") or "train").lower()
+    if split not in ("train", "test", "val"):
+        raise ValueError(f"split {split!r} is not train, test or val")
+    if spec.target_channel is not None:  # image-to-image: the target is the second channel
+        if not target:
+            raise ValueError(f"a {spec.task} row needs a target image")
+        channels = (image, SourceFile(str(inside(root, target)), row.get("target_key") or None))
+        mask = SourceFile(str(inside(root, row["mask"])), row.get("mask_key") or None) if row.get("mask") else None
+        if spec.label_role == "mask" and mask is None:
+            raise ValueError("an inpainting row needs a mask")
+        return CaseSource(case, split, channels, mask)
+    if isinstance(target, dict):  # one binary mask per class
+        parts = []
+        for name, mask_path in sorted(target.items()):
+            if name not in class_values:
+                raise ValueError(f"class {name!r} is not among the manifest's classes ({', '.join(class_values)})")
+            parts.append((class_values[name], SourceFile(str(inside(root, mask_path)))))
+        return CaseSource(case, split, (image,), None, tuple(parts))
+    label = SourceFile(str(inside(root, target)), row.get("target_key") or None) if target else None
+    return CaseSource(case, split, (image,), label)

@@ -1,0 +1,259 @@
+"""Readers: one function per file format, each returning a `Scan` in the canonical convention.
+
+A `Scan` is a `(z, y, x)` array (or `(c, z, y, x)` for multi-channel files) in closest-canonical
+orientation plus its `Geometry`. Any failure becomes a `ReadError` that names the file and the
+problem in words a user can act on; no reader lets a library's bare traceback through.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from storage.geometry import Geometry, canonicalize, planar_geometry
+
+
+class ReadError(ValueError):
+    """A file could not be read or is not what the dataset says it is."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class Scan:
+    array: np.ndarray  # (z, y, x), or (c, z, y, x) for multi-channel sources
+    geometry: Geometry
+    path: str
+
+    @property
+    def channels(self) -> int:
+        return self.array.shape[0] if self.array.ndim == 4 else 1
+
+    def channel(self, index: int) -> Scan:
+        if self.array.ndim != 4:
+            if index == 0:
+                return self
+            raise ReadError(self.path, f"has one channel, channel {index} was asked for")
+        if not 0 <= index < self.array.shape[0]:
+            raise ReadError(self.path, f"has {self.array.shape[0]} channels, channel {index} was asked for")
+        return Scan(self.array[index], self.geometry, self.path)
+
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def format_of(path: str | Path) -> str:
+    """The reader a path needs: nifti, dicom, itk, picture, hdf5, mat or numpy."""
+    path = Path(path)
+    name = path.name.lower()
+    if path.is_dir():
+        return "dicom"
+    for fmt, suffixes in (
+        ("nifti", NIFTI_SUFFIXES),
+        ("itk", ITK_SUFFIXES),
+        ("picture", PICTURE_SUFFIXES),
+        ("hdf5", HDF5_SUFFIXES),
+        ("mat", (".mat",)),
+        ("numpy", (".npy", ".npz")),
+        ("dicom", (".dcm",)),
+    ):
+        if name.endswith(suffixes):
+            return fmt
+    raise ReadError(path, "unknown image format (expected NIfTI, DICOM, MHA/NRRD, PNG/JPG/BMP, HDF5, .mat or .npy/.npz)")
+
+
+def read_scan(path: str | Path, key: str | None = None) -> Scan:
+    """Read any supported file; `key` names the HDF5 dataset, .mat variable or .npz entry."""
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(path, "file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ReadError(path, "file is empty (0 bytes)")
+    reader = {
+        "nifti": read_nifti,
+        "dicom": read_dicom_series,
+        "itk": read_itk,
+        "picture": read_picture,
+        "hdf5": read_hdf5,
+        "mat": read_mat,
+        "numpy": read_numpy,
+    }[format_of(path)]
+    try:
+        return reader(path, key) if reader in (read_hdf5, read_mat, read_numpy) else reader(path)
+    except ReadError:
+        raise
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise ReadError(path, f"file is truncated or corrupt ({error})") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - every library failure becomes a named, per-file error
+        raise ReadError(path, f"cannot be read as {format_of(path)}: {type(error).__name__}: {error}") from error
+
+
+def read_nifti(path: Path) -> Scan:
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    data = np.asanyarray(image.dataobj)  # decodes here, so truncation surfaces inside read_scan
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI stores time as axis 3; (x, y, z, 1, c)
+        data = data[:, :, :, 0, :]
+    if data.ndim == 3:
+        array, geometry = canonicalize(data, image.affine)
+        return Scan(array, geometry, str(path))
+    if data.ndim == 4:
+        channels = [canonicalize(data[..., c], image.affine) for c in range(data.shape[3])]
+        return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))
+    raise ReadError(path, f"has {data.ndim} dimensions {data.shape}; expected 3-D or 4-D")
+
+
+# DICOM stores patient coordinates in LPS; nibabel and our affines are RAS.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def read_dicom_series(path: Path) -> Scan:
+    """A folder of one DICOM series: slices sorted by position along the normal, rescaled to HU."""
+    import pydicom
+
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    slices = []
+    for file in files:
+        try:
+            slices.append(pydicom.dcmread(str(file)))
+        except pydicom.errors.InvalidDicomError:
+            continue  # DICOMDIR, README and other non-image files live in series folders
+    slices = [s for s in slices if "PixelData" in s]
+    if not slices:
+        raise ReadError(path, "no DICOM images with pixel data in this folder")
+    series = {str(getattr(s, "SeriesInstanceUID", "")) for s in slices}
+    if len(series) > 1:
+        raise ReadError(path, f"holds {len(series)} DICOM series; point to one series folder")
+    orientation = np.array(slices[0].ImageOrientationPatient, dtype=float)
+    row, col = orientation[:3], orientation[3:]
+    normal = np.cross(row, col)
+    slices.sort(key=lambda s: float(np.dot(normal, np.array(s.ImagePositionPatient, dtype=float))))
+    volume = np.stack([_rescaled_pixels(s) for s in slices], axis=-1)  # (rows, cols, n)
+    volume = np.transpose(volume, (1, 0, 2))  # (x=columns, y=rows, z)
+    pixel_row, pixel_col = (float(v) for v in slices[0].PixelSpacing)
+    positions = [np.array(s.ImagePositionPatient, dtype=float) for s in slices]
+    if len(slices) > 1:
+        step = (positions[-1] - positions[0]) / (len(slices) - 1)
+    else:
+        step = normal * float(getattr(slices[0], "SliceThickness", 1.0) or 1.0)
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row * pixel_col
+    affine_lps[:3, 1] = col * pixel_row
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = positions[0]
+    array, geometry = canonicalize(volume, LPS_TO_RAS @ affine_lps)
+    return Scan(array, geometry, str(path))
+
+
+def _rescaled_pixels(dataset) -> np.ndarray:
+    pixels = dataset.pixel_array.astype(np.float32)
+    slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
+    return pixels * slope + intercept
+
+
+def read_itk(path: Path) -> Scan:
+    """MHA / MHD / NRRD through SimpleITK; its LPS direction cosines become a RAS affine."""
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    data = sitk.GetArrayFromImage(image)  # (z, y, x) or (z, y, x, c)
+    dimension = image.GetDimension()
+    if dimension == 2:
+        data = data[None]
+    direction = np.array(image.GetDirection(), dtype=float).reshape(dimension, dimension)
+    spacing = np.array(image.GetSpacing(), dtype=float)
+    origin = np.array(image.GetOrigin(), dtype=float)
+    affine_lps = np.eye(4)
+    affine_lps[:dimension, :dimension] = direction * spacing
+    affine_lps[:dimension, 3] = origin
+    affine = LPS_TO_RAS @ affine_lps
+    if data.ndim == 4:  # vector image: channels last in SimpleITK
+        channels = [canonicalize(np.transpose(data[..., c], (2, 1, 0)), affine) for c in range(data.shape[-1])]
+        return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))
+    array, geometry = canonicalize(np.transpose(data, (2, 1, 0)), affine)
+    return Scan(array, geometry, str(path))
+
+
+def read_picture(path: Path) -> Scan:
+    """PNG / JPG / BMP / TIFF as one slice; colour images must be grey in disguise."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        picture.load()
+        data = np.asarray(picture)
+    if data.ndim == 3:
+        colour = data[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+            # Medical pictures saved as RGB usually carry equal channels; real colour is converted.
+            data = np.asarray(Image.fromarray(colour).convert("L"))
+        else:
+            data = colour[..., 0]
+    return _planar_scan(data, path)
+
+
+def _planar_scan(data: np.ndarray, path: Path) -> Scan:
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim not in (3, 4):
+        raise ReadError(path, f"has shape {data.shape}; expected a 2-D image or a (z, y, x) volume")
+    return Scan(np.ascontiguousarray(data), planar_geometry(data.shape[-3:]), str(path))
+
+
+def read_hdf5(path: Path, key: str | None) -> Scan:
+    """HDF5 dataset `key` (default `image`), taken as (z, y, x) or (y, x), as in SSL4MIS releases."""
+    import h5py
+
+    key = key or "image"
+    with h5py.File(path, "r") as file:
+        if key not in file:
+            raise ReadError(path, f"has no dataset '{key}' (has: {', '.join(sorted(file.keys()))})")
+        return _planar_scan(file[key][()], path)
+
+
+def read_mat(path: Path, key: str | None) -> Scan:
+    """MATLAB .mat (v5 through scipy, v7.3 through h5py): variable `key`, or the only array."""
+    import scipy.io
+
+    try:
+        variables = {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
+    except NotImplementedError:  # v7.3 files are HDF5 underneath; MATLAB writes them transposed
+        import h5py
+
+        with h5py.File(path, "r") as file:
+            variables = {k: np.asarray(file[k]).T for k in file.keys() if not k.startswith("#")}
+    return _planar_scan(_pick_variable(path, variables, key), path)
+
+
+def read_numpy(path: Path, key: str | None) -> Scan:
+    if path.name.lower().endswith(".npz"):
+        with np.load(path, allow_pickle=False) as archive:
+            return _planar_scan(_pick_variable(path, {k: archive[k] for k in archive.files}, key), path)
+    return _planar_scan(np.load(path, allow_pickle=False), path)
+
+
+def _pick_variable(path: Path, variables: dict[str, np.ndarray], key: str | None) -> np.ndarray:
+    arrays = {k: v for k, v in variables.items() if isinstance(v, np.ndarray) and v.dtype != object}
+    if key is not None:
+        if key not in arrays:
+            raise ReadError(path, f"has no variable '{key}' (has: {', '.join(sorted(arrays)) or 'none'})")
+        return arrays[key]
+    if len(arrays) != 1:
+        raise ReadError(path, f"holds {len(arrays)} arrays ({', '.join(sorted(arrays))}); say which one with a key")
+    return next(iter(arrays.values()))

@@ -1,0 +1,196 @@
+"""Dataset specs: one place that says what each dataset of the paper is and how to read it.
+
+A spec names the region, modality, task, classes and intensity normalisation of a dataset and how
+its files are laid out; a user points one at their own download (`mvg ingest DIR --spec acdc`).
+The 13 datasets are those of Table 1 of the MVG paper; MSD Liver, Spleen and Lung are its
+out-of-distribution and few-shot sets. Datasets without a built-in spec are described by the
+`mvg` block of their `dataset.json` or by a manifest (see `storage.layouts`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+TASKS = ("segmentation", "synthesis", "inpainting", "denoising", "detection")
+LAYOUTS = ("nnunet", "msd", "manifest")
+NORMALISATIONS = ("ct", "percentile")
+
+# What the label file of a case is, by task: the target to paint, the region to fill, or nothing.
+LABEL_ROLE_BY_TASK = {
+    "segmentation": "target",
+    "detection": "target",
+    "inpainting": "mask",
+    "synthesis": "ignore",
+    "denoising": "ignore",
+}
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How one dataset is read and what its store holds.
+
+    input_channel / target_channel: which channel of a multi-channel case is the input, and which is
+    the target for image-to-image tasks (synthesis t1n -> t2w, low-dose -> full-dose, voided -> full).
+    When target_channel is None the target comes from the label file.
+    """
+
+    name: str
+    title: str
+    region: str
+    modality: str  # CT, MRI, US, X-ray
+    task: str
+    layout: str
+    classes: dict[int, str] = field(default_factory=dict)  # 0 is background, not listed
+    normalisation: str = "percentile"
+    input_channel: int = 0
+    target_channel: int | None = None
+    test_fraction: float = 0.2  # used when the layout has no split of its own
+    paper_cases: tuple[int, int] | None = None  # (#training, #testing) in the paper's Table 1
+    citation: str = ""
+    expected: str = ""  # what a download must look like, in a sentence
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"spec {self.name}: task {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"spec {self.name}: layout {self.layout!r} is not one of {', '.join(LAYOUTS)}")
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"spec {self.name}: normalisation {self.normalisation!r} is not one of {NORMALISATIONS}")
+        if self.task in ("synthesis", "denoising", "inpainting") and self.target_channel is None:
+            raise ValueError(f"spec {self.name}: a {self.task} dataset needs a target_channel")
+
+    @property
+    def label_role(self) -> str:
+        return LABEL_ROLE_BY_TASK[self.task]
+
+    @property
+    def labels_integer(self) -> bool:
+        """True when the stored target is a label map rather than an image."""
+        return self.target_channel is None
+
+    def with_overrides(self, **changes) -> DatasetSpec:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["classes"] = {str(k): v for k, v in self.classes.items()}
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DatasetSpec:
+        data = dict(data)
+        data["classes"] = {int(k): v for k, v in data.get("classes", {}).items()}
+        if data.get("paper_cases") is not None:
+            data["paper_cases"] = tuple(data["paper_cases"])
+        return cls(**data)
+
+
+AMOS_CLASSES = {
+    1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus", 6: "liver",
+    7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "pancreas", 11: "right adrenal gland",
+    12: "left adrenal gland", 13: "duodenum", 14: "bladder", 15: "prostate/uterus",
+}
+WORD_CLASSES = {
+    1: "liver", 2: "spleen", 3: "left kidney", 4: "right kidney", 5: "stomach", 6: "gallbladder",
+    7: "esophagus", 8: "pancreas", 9: "duodenum", 10: "colon", 11: "intestine", 12: "adrenal",
+    13: "rectum", 14: "bladder", 15: "left head of femur", 16: "right head of femur",
+}
+BTCV_CLASSES = {
+    1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus", 6: "liver",
+    7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "portal and splenic vein", 11: "pancreas",
+    12: "right adrenal gland", 13: "left adrenal gland",
+}
+
+BUILTIN_SPECS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in (
+        DatasetSpec(
+            "amos-ct", "AMOS CT", "Abdomen", "CT", "segmentation", "nnunet", AMOS_CLASSES, "ct",
+            paper_cases=(240, 120), citation="Ji et al., 2022",
+            expected="nnU-Net v2 raw folder (Dataset218_AMOS2022_task1 style): dataset.json, imagesTr/, labelsTr/",
+        ),
+        DatasetSpec(
+            "word", "WORD", "Abdomen", "CT", "segmentation", "nnunet", WORD_CLASSES, "ct",
+            paper_cases=(100, 20), citation="Luo et al., 2021",
+            expected="nnU-Net v2 raw folder converted from WORD: imagesTr/, labelsTr/",
+        ),
+        DatasetSpec(
+            "btcv", "BTCV", "Abdomen", "CT", "segmentation", "nnunet", BTCV_CLASSES, "ct",
+            paper_cases=(21, 9), citation="Iglesias & Sabuncu, 2015",
+            expected="nnU-Net v2 raw folder (Synapse multi-organ): imagesTr/, labelsTr/",
+        ),
+        DatasetSpec(
+            "amos-mri", "AMOS MRI", "Abdomen", "MRI", "segmentation", "nnunet", AMOS_CLASSES, "percentile",
+            paper_cases=(60, 50), citation="Ji et al., 2022",
+            expected="nnU-Net v2 raw folder with the AMOS MRI cases (ids >= 500)",
+        ),
+        DatasetSpec(
+            "microsegnet", "MicroSegNet", "Pelvis", "US", "segmentation", "nnunet", {1: "prostate"}, "percentile",
+            paper_cases=(55, 20), citation="Jiang et al., 2024",
+            expected="nnU-Net v2 raw folder of micro-ultrasound volumes with prostate masks",
+        ),
+        DatasetSpec(
+            "promise12", "PROMISE12", "Pelvis", "MRI", "segmentation", "nnunet", {1: "prostate"}, "percentile",
+            paper_cases=(50, 30), citation="Litjens et al., 2014",
+            expected="nnU-Net v2 raw folder converted from the PROMISE12 MHD files (or a manifest of .mhd pairs)",
+        ),
+        DatasetSpec(
+            "brats-gli", "BraTS-GLI synthesis", "Brain", "MRI", "synthesis", "nnunet", {}, "percentile",
+            input_channel=0, target_channel=2, paper_cases=(1251, 219), citation="Kazerooni et al., 2023",
+            expected="nnU-Net v2 raw folder with channels t1n, t1c, t2w, t2f (_0000.._0003); t1n -> t2w by default",
+        ),
+        DatasetSpec(
+            "brats-local", "BraTS-Local inpainting", "Brain", "MRI", "inpainting", "nnunet", {}, "percentile",
+            input_channel=0, target_channel=1, paper_cases=(1000, 251), citation="Kazerooni et al., 2023",
+            expected="nnU-Net v2 raw folder: _0000 voided t1n, _0001 full t1n, labelsTr the inpainting mask",
+        ),
+        DatasetSpec(
+            "ldct", "Low-dose CT (Mayo)", "Chest", "CT", "denoising", "manifest", {}, "ct",
+            input_channel=0, target_channel=1, paper_cases=(200, 59), citation="McCollough et al., 2021",
+            expected="manifest rows: image = quarter-dose file, target = routine-dose file (.mat/.npy/DICOM/NIfTI)",
+        ),
+        DatasetSpec(
+            "chest-defect", "Chest X-ray defect", "Chest", "X-ray", "segmentation", "manifest", {1: "lungs"},
+            "percentile", paper_cases=(15, 6), citation="Candemir & Antani, 2019",
+            expected="manifest rows of PNG/JPG radiographs and their masks",
+        ),
+        DatasetSpec(
+            "acdc", "ACDC", "Chest", "MRI", "segmentation", "manifest",
+            {1: "right ventricle", 2: "myocardium", 3: "left ventricle"}, "percentile",
+            paper_cases=(100, 50), citation="Bernard et al., 2018",
+            expected="manifest of HDF5 volumes (keys image/label, SSL4MIS release) or an nnU-Net raw folder",
+        ),
+        DatasetSpec(
+            "la", "Left atrium (LA)", "Chest", "MRI", "segmentation", "manifest", {1: "left atrium"}, "percentile",
+            paper_cases=(81, 20), citation="Chen et al., 2019",
+            expected="manifest of HDF5 volumes (keys image/label, SSL4MIS release of the 2018 LA challenge)",
+        ),
+        DatasetSpec(
+            "deeplesion", "DeepLesion", "Whole body", "CT", "detection", "manifest", {1: "lesion box"}, "ct",
+            paper_cases=(25000, 7120), citation="Yan et al., 2018",
+            expected="manifest rows of CT slices (PNG, HU + 32768) and box masks rendered as targets",
+        ),
+        DatasetSpec(
+            "msd-liver", "MSD Task03 Liver", "Abdomen", "CT", "segmentation", "msd", {1: "liver", 2: "tumour"}, "ct",
+            citation="Antonelli et al., 2022", expected="Task03_Liver folder: dataset.json, imagesTr/, labelsTr/",
+        ),
+        DatasetSpec(
+            "msd-spleen", "MSD Task09 Spleen", "Abdomen", "CT", "segmentation", "msd", {1: "spleen"}, "ct",
+            citation="Antonelli et al., 2022", expected="Task09_Spleen folder: dataset.json, imagesTr/, labelsTr/",
+        ),
+        DatasetSpec(
+            "msd-lung", "MSD Task06 Lung", "Chest", "CT", "segmentation", "msd", {1: "lung cancer"}, "ct",
+            citation="Antonelli et al., 2022", expected="Task06_Lung folder: dataset.json, imagesTr/, labelsTr/",
+        ),
+    )
+}
+
+PAPER_DATASETS = tuple(name for name, spec in BUILTIN_SPECS.items() if spec.paper_cases is not None)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return BUILTIN_SPECS[name]
+    except KeyError:
+        known = ", ".join(sorted(BUILTIN_SPECS))
+        raise KeyError(f"no built-in dataset spec named {name!r}; known specs: {known}") from None

@@ -1,0 +1,248 @@
+"""The Zarr store: how cases are laid out, written, published and read back.
+
+Layout (Zarr v3, one group per dataset):
+
+    ROOT/<dataset>.zarr/                 group; attrs["mvg"] = the dataset spec
+    ROOT/<dataset>.zarr/catalog.json     index of cases (storage.catalog)
+    ROOT/<dataset>.zarr/<case>/          group; attrs["mvg"] = the case's CaseRecord
+    ROOT/<dataset>.zarr/<case>/image/    OME-Zarr 0.5 image (multiscales, scale = spacing in mm)
+    ROOT/<dataset>.zarr/<case>/image/0   (z, y, x) float16, chunk one slice, one shard per case
+    ROOT/<dataset>.zarr/<case>/target/0  labels (uint8/16) or float16 image
+    ROOT/<dataset>.zarr/<case>/mask/0    inpainting region (uint8), when the task has one
+    ROOT/.staging/                       cases being written; never read
+
+A case is written whole under `.staging/` and renamed into place only when complete, so a reader
+(or a killed ingest) never sees a torn case. Each case is one shard written by one task, which also
+keeps clear of Dask's silent data loss when several writers share a shard.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from storage.catalog import Catalog, CaseRecord
+from storage.geometry import Geometry
+from storage.specs import DatasetSpec
+
+STAGING = ".staging"
+DATASET_SUFFIX = ".zarr"
+ATTRIBUTE_KEY = "mvg"
+ROLES = ("image", "target", "mask")
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Compression of stored slices. zstd level 1 with byte shuffle measured fastest at near the
+    best ratio for float16 images (see benchmarks/ingest.py)."""
+
+    cname: str = "zstd"
+    clevel: int = 1
+    shuffle: str = "shuffle"
+
+    def codec(self, dtype: np.dtype) -> BloscCodec:
+        return BloscCodec(cname=self.cname, clevel=self.clevel, shuffle=self.shuffle, typesize=np.dtype(dtype).itemsize)
+
+
+def safe_case_name(case: str) -> str:
+    """Case ids become folder names: keep them readable, refuse separators and dot-files."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", case).strip("._") or "case"
+    return name
+
+
+def dataset_dir(root: str | Path, dataset: str) -> Path:
+    return Path(root) / f"{dataset}{DATASET_SUFFIX}"
+
+
+def ome_image_attributes(name: str, spacing_zyx: tuple[float, float, float]) -> dict:
+    """OME-Zarr 0.5 `multiscales` for a one-level (z, y, x) image, so napari and other viewers open it."""
+    return {
+        "ome": {
+            "version": "0.5",
+            "multiscales": [
+                {
+                    "name": name,
+                    "axes": [{"name": axis, "type": "space", "unit": "millimeter"} for axis in "zyx"],
+                    "datasets": [
+                        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": list(spacing_zyx)}]}
+                    ],
+                }
+            ],
+        }
+    }
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+def prepare_dataset(root: str | Path, spec: DatasetSpec) -> Path:
+    """Create (or update the spec of) a dataset group; clear staging left by a killed run."""
+    directory = dataset_dir(root, spec.name)
+    group = zarr.open_group(str(directory), mode="a", zarr_format=3)
+    if group.attrs.get(ATTRIBUTE_KEY, {}).get("spec") != spec.to_dict():
+        group.attrs[ATTRIBUTE_KEY] = {"spec": spec.to_dict()}
+    staging = Path(root) / STAGING / spec.name
+    if staging.exists():
+        shutil.rmtree(staging)
+    return directory
+
+
+def published_record(directory: Path, case: str) -> CaseRecord | None:
+    """The record of a published case, or None when it is absent or unreadable."""
+    try:
+        metadata = json.loads((directory / safe_case_name(case) / "zarr.json").read_text())
+        return CaseRecord.from_dict(metadata["attributes"][ATTRIBUTE_KEY])
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def write_case(directory: Path, record: CaseRecord, arrays: dict[str, np.ndarray], codec: Codec = Codec()) -> None:
+    """Write a case aside under `.staging/`, then publish it with one rename."""
+    name = safe_case_name(record.case)
+    staging = directory.parent / STAGING / directory.name.removesuffix(DATASET_SUFFIX) / f"{name}.{uuid.uuid4().hex}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        group = zarr.open_group(str(staging), mode="w", zarr_format=3, attributes={ATTRIBUTE_KEY: record.to_dict()})
+        for role, data in arrays.items():
+            role_group = group.create_group(role, attributes=ome_image_attributes(f"{name}/{role}", record.spacing))
+            array = role_group.create_array(
+                "0",
+                shape=data.shape,
+                dtype=data.dtype,
+                chunks=(1, *data.shape[1:]),
+                shards=data.shape,
+                compressors=codec.codec(data.dtype),
+                dimension_names=("z", "y", "x"),
+                fill_value=0,
+            )
+            array[...] = data
+        publish(staging, directory / name)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish(staging: Path, final: Path) -> None:
+    """Move a complete case into place. A previous version (changed source) is swapped out, never
+    overwritten in place, so readers see the old case or the new one, never a mix."""
+    if final.exists():
+        retired = staging.with_name(staging.name + ".retired")
+        final.rename(retired)
+        staging.rename(final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(final)
+
+
+def rebuild_catalog(directory: Path) -> Catalog:
+    """The catalog as the published case groups say it is (after a kill, or when it is missing)."""
+    spec = zarr.open_group(str(directory), mode="r").attrs.get(ATTRIBUTE_KEY, {}).get("spec", {})
+    records = {}
+    for child in sorted(directory.iterdir()):
+        if child.is_dir():
+            record = published_record(directory, child.name)
+            if record is not None:
+                records[record.case] = record
+    return Catalog(directory.name.removesuffix(DATASET_SUFFIX), spec, records)
+
+
+# --------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # float32 in [0, 1]
+    target: np.ndarray | None  # labels (integers) or float32 image in [0, 1]
+    mask: np.ndarray | None = None
+
+
+class StoredDataset:
+    """Read side of one dataset: the API training and evaluation use."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        if not (self.directory / "zarr.json").exists():
+            raise FileNotFoundError(f"{self.directory}: no stored dataset here")
+        self.name = self.directory.name.removesuffix(DATASET_SUFFIX)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        try:
+            return Catalog.load(self.directory)
+        except (OSError, ValueError, KeyError):
+            return rebuild_catalog(self.directory)
+
+    @property
+    def spec(self) -> DatasetSpec:
+        return DatasetSpec.from_dict(self.catalog.spec)
+
+    def cases(self, split: str | None = None) -> list[str]:
+        return self.catalog.split(split)
+
+    def record(self, case: str) -> CaseRecord:
+        try:
+            return self.catalog.cases[case]
+        except KeyError:
+            raise KeyError(f"dataset {self.name} has no case {case!r}") from None
+
+    def geometry(self, case: str) -> Geometry:
+        return Geometry.from_dict(self.record(case).geometry)
+
+    @lru_cache(maxsize=4096)  # noqa: B019 - datasets live as long as the process; arrays are light handles
+    def array(self, case: str, role: str) -> zarr.Array | None:
+        if role not in self.record(case).roles:
+            return None
+        return zarr.open_array(str(self.directory / safe_case_name(case) / role / "0"), mode="r")
+
+    def read_slice(self, case: str, index: int) -> Sample:
+        return self._read(case, index)
+
+    def read_volume(self, case: str) -> Sample:
+        return self._read(case, slice(None))
+
+    def _read(self, case: str, where) -> Sample:
+        image, target, mask = (self.array(case, role) for role in ROLES)
+        return Sample(
+            image=image[where].astype(np.float32),
+            target=None if target is None else _as_output(target[where]),
+            mask=None if mask is None else mask[where],
+        )
+
+
+def _as_output(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.float32) if values.dtype == np.float16 else values
+
+
+class ZarrStore:
+    """A store root holding one Zarr group per dataset."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def datasets(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name.removesuffix(DATASET_SUFFIX)
+            for p in self.root.iterdir()
+            if p.name.endswith(DATASET_SUFFIX) and (p / "zarr.json").exists()
+        )
+
+    def dataset(self, name: str) -> StoredDataset:
+        directory = dataset_dir(self.root, name)
+        if not directory.exists():
+            known = ", ".join(self.datasets()) or "none"
+            raise KeyError(f"store {self.root} has no dataset {name!r} (has: {known})")
+        return StoredDataset(directory)
+
+    def summary(self) -> list[dict]:
+        return [self.dataset(name).catalog.summary() for name in self.datasets()]

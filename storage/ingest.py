@@ -288,6 +288,8 @@ class IngestReport:
 def dask_client(workers: int = 2, address: str | None = None) -> Iterator:
     """A Dask client: on an existing scheduler when `address` is given, else a LocalCluster of
     `workers` single-threaded processes (one case in memory per worker)."""
+    import logging
+
     from distributed import Client, LocalCluster
 
     if address:
@@ -295,7 +297,12 @@ def dask_client(workers: int = 2, address: str | None = None) -> Iterator:
             yield client
         return
     with LocalCluster(
-        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, memory_limit=0
+                n_workers=workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        memory_limit=0,
+        silence_logs=logging.WARNING,
     ) as cluster, Client(cluster) as client:
         yield client
 

@@ -123,10 +123,13 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
 def read_dicom_series(path: Path) -> Scan:
-    """A folder of one DICOM series: slices sorted by position along the normal, rescaled to HU."""
+    """A folder of one DICOM series (or one .dcm file): slices sorted along the normal, rescaled to HU."""
     import pydicom
 
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if path.is_file():
+        files = [path]
+    else:
+        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
     slices = []
     for file in files:
         try:
@@ -143,7 +146,13 @@ def read_dicom_series(path: Path) -> Scan:
     row, col = orientation[:3], orientation[3:]
     normal = np.cross(row, col)
     slices.sort(key=lambda s: float(np.dot(normal, np.array(s.ImagePositionPatient, dtype=float))))
-    volume = np.stack([_rescaled_pixels(s) for s in slices], axis=-1)  # (rows, cols, n)
+    planes = [_rescaled_pixels(s) for s in slices]
+    shapes = {plane.shape for plane in planes}
+    if len(shapes) > 1 or planes[0].ndim != 2:
+        raise ReadError(path, f"slices are not single 2-D frames of one size (shapes: {sorted(shapes)}); "
+                        "multi-frame or mixed-size DICOM is not supported")
+    _check_slice_positions(path, slices, normal)
+    volume = np.stack(planes, axis=-1)  # (rows, cols, n)
     volume = np.transpose(volume, (1, 0, 2))  # (x=columns, y=rows, z)
     pixel_row, pixel_col = (float(v) for v in slices[0].PixelSpacing)
     positions = [np.array(s.ImagePositionPatient, dtype=float) for s in slices]
@@ -160,6 +169,20 @@ def read_dicom_series(path: Path) -> Scan:
     return Scan(array, geometry, str(path))
 
 
+def _check_slice_positions(path: Path, slices, normal: np.ndarray) -> None:
+    """The affine assumes evenly spaced, distinct slices; anything else would invent geometry."""
+    if len(slices) < 2:
+        return
+    depths = np.array([np.dot(normal, np.array(s.ImagePositionPatient, dtype=float)) for s in slices])
+    gaps = np.diff(depths)
+    if np.any(gaps < 1e-3):
+        raise ReadError(path, "two or more slices share one ImagePositionPatient (duplicates, or several "
+                        "acquisitions in one series)")
+    if np.ptp(gaps) > max(1e-2, 0.01 * float(np.median(gaps))):
+        raise ReadError(path, f"slice spacing is uneven ({gaps.min():.3g} to {gaps.max():.3g} mm): "
+                        "a slice may be missing")
+
+
 def _rescaled_pixels(dataset) -> np.ndarray:
     pixels = dataset.pixel_array.astype(np.float32)
     slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
@@ -174,6 +197,8 @@ def read_itk(path: Path) -> Scan:
     image = sitk.ReadImage(str(path))
     data = sitk.GetArrayFromImage(image)  # (z, y, x) or (z, y, x, c)
     dimension = image.GetDimension()
+    if dimension not in (2, 3):
+        raise ReadError(path, f"is a {dimension}-D image; expected 2-D or 3-D")
     if dimension == 2:
         data = data[None]
     direction = np.array(image.GetDirection(), dtype=float).reshape(dimension, dimension)
@@ -182,7 +207,7 @@ def read_itk(path: Path) -> Scan:
     affine_lps = np.eye(4)
     affine_lps[:dimension, :dimension] = direction * spacing
     affine_lps[:dimension, 3] = origin
-    affine = LPS_TO_RAS @ affine_lps
+    affine = affine_lps
     if data.ndim == 4:  # vector image: channels last in SimpleITK
         channels = [canonicalize(np.transpose(data[..., c], (2, 1, 0)), affine) for c in range(data.shape[-1])]
         return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))
@@ -196,7 +221,11 @@ def read_picture(path: Path) -> Scan:
 
     with Image.open(path) as picture:
         picture.load()
+        if picture.mode in ("P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):  # palette indices are not intensities
+            picture = picture.convert("RGB")
         data = np.asarray(picture)
+    if data.ndim == 3 and data.shape[-1] == 2:  # grey + alpha
+        data = data[..., 0]
     if data.ndim == 3:
         colour = data[..., :3]
         if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
@@ -242,6 +271,10 @@ def read_mat(path: Path, key: str | None) -> Scan:
 
 
 def read_numpy(path: Path, key: str | None) -> Scan:
+    with open(path, "rb") as file:
+        signature = file.read(6)
+    if not signature.startswith((b"\x93NUMPY", b"PK")):
+        raise ReadError(path, "is not a NumPy .npy/.npz file (no NUMPY or zip signature)")
     if path.name.lower().endswith(".npz"):
         with np.load(path, allow_pickle=False) as archive:
             return _planar_scan(_pick_variable(path, {k: archive[k] for k in archive.files}, key), path)

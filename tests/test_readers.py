@@ -359,8 +359,9 @@ def test_cross_format_geometry_agrees(tmp_path):
 
 
 def test_itk_permuted_direction_agrees_with_world(tmp_path):
-    # ITK axis 0 runs along S, axis 1 along A, axis 2 along L (LPS direction columns).
-    direction = np.array([[0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 0.0, 0.0]])
+    # ITK axis 0 runs along S, axis 1 along L, axis 2 along A (LPS direction columns); the matrix
+    # is not symmetric, so reading it transposed would show.
+    direction = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
     rng = np.random.default_rng(2)
     array = rng.integers(-500, 500, size=(3, 4, 5)).astype(np.int16)  # numpy (k, j, i)
     image = sitk.GetImageFromArray(array)
@@ -378,7 +379,12 @@ def test_itk_permuted_direction_agrees_with_world(tmp_path):
     source_affine[:3, :3] = direction * np.array([2.0, 0.5, 1.25])
     source_affine[:3, 3] = [4.0, -3.0, 7.5]
     assert_world_consistent(scan, source_xyz, LPS_TO_RAS @ source_affine)
-    assert scan.geometry.spacing == pytest.approx((1.25, 0.5, 2.0))
+    # axis 0 (2.0 mm) runs along S: canonical z; axis 2 (1.25 mm) along A: y; axis 1 (0.5 mm) along L: x
+    assert scan.geometry.spacing == pytest.approx((2.0, 1.25, 0.5))
+    assert scan.array.shape == (5, 3, 4)  # ITK size (i, j, k) = (5, 4, 3)
+    assert scan.geometry.source_axcodes == ("S", "L", "A")
+    # canonical x runs to R, which is against ITK axis 1 (L): flipped
+    np.testing.assert_array_equal(scan.array, np.transpose(source_xyz, (0, 2, 1))[:, :, ::-1])
 
 
 def test_dicom_folder_ignores_non_dicom_files(tmp_path):
@@ -405,6 +411,38 @@ def test_dicom_single_file_reads_as_one_slice(tmp_path):
     assert scan.geometry.spacing == pytest.approx(SPACING_ZYX, abs=1e-5)
     hu = canonical_volume()
     assert any(np.array_equal(scan.array[0], hu[k]) for k in range(NZ))
+
+
+def test_dicom_folder_with_a_missing_slice_is_refused(tmp_path):
+    folder = tmp_path / "gap"
+    write_dicom_series(folder)
+    middle = sorted(
+        folder.iterdir(), key=lambda f: float(pydicom.dcmread(str(f)).ImagePositionPatient[2])
+    )[1]
+    middle.unlink()
+    assert_read_error(folder, "uneven", "missing")
+
+
+def test_dicom_folder_with_duplicate_positions_is_refused(tmp_path):
+    folder = tmp_path / "dup"
+    write_dicom_series(folder)
+    first = sorted(folder.iterdir())[0]
+    duplicate = pydicom.dcmread(str(first))
+    duplicate.SOPInstanceUID = generate_uid()
+    duplicate.save_as(str(folder / "copy"))
+    assert_read_error(folder, "share one ImagePositionPatient")
+
+
+def test_multiframe_dicom_is_refused_clearly(tmp_path):
+    folder = tmp_path / "multiframe"
+    folder.mkdir()
+    path = folder / "frames.dcm"
+    ct_slice(path, np.zeros((NY, NX), dtype=np.uint16), [0, 0, 0], generate_uid(), 1)
+    dataset = pydicom.dcmread(str(path))
+    dataset.NumberOfFrames = 2
+    dataset.PixelData = np.zeros((2, NY, NX), dtype="<u2").tobytes()
+    dataset.save_as(str(path))
+    assert_read_error(folder, "multi-frame")
 
 
 def test_dicom_folder_with_two_series_is_refused(tmp_path):
@@ -515,15 +553,31 @@ def test_rgba_and_grey_alpha_pngs_give_grey(tmp_path):
 
 
 def test_palette_png_gives_grey_values_not_palette_indices(tmp_path):
-    grey = (np.arange(6 * 5).reshape(6, 5) % 4 * 60).astype(np.uint8)  # values 0, 60, 120, 180
+    indices = (np.arange(6 * 5).reshape(6, 5) % 4).astype(np.uint8)
+    levels = np.array([180, 120, 60, 0], dtype=np.uint8)  # index i shows grey level levels[i]
+    picture = Image.frombytes("P", (5, 6), indices.tobytes())
+    picture.putpalette(np.repeat(levels, 3).tolist())
     path = tmp_path / "palette.png"
-    Image.fromarray(grey).convert("P").save(path)
-    assert Image.open(path).mode == "P"
+    picture.save(path)
+    with Image.open(path) as check:
+        assert check.mode == "P"
 
     scan = read_scan(path)
 
     assert scan.array.shape == (1, 6, 5)
-    np.testing.assert_array_equal(scan.array[0], grey)
+    np.testing.assert_array_equal(scan.array[0], levels[indices])
+
+
+def test_opaque_white_grey_alpha_png(tmp_path):
+    # grey equal to alpha everywhere: a two-channel array must not be taken for RGB
+    white = np.full((3, 4), 255, dtype=np.uint8)
+    path = tmp_path / "white.png"
+    Image.fromarray(np.stack([white, white], axis=-1), mode="LA").save(path)
+
+    scan = read_scan(path)
+
+    assert scan.array.shape == (1, 3, 4)
+    np.testing.assert_array_equal(scan.array[0], white)
 
 
 def test_colour_png_is_converted_to_luminance(tmp_path):
@@ -706,27 +760,40 @@ def test_truncated_uncompressed_nifti(tmp_path):
     path = tmp_path / "truncated.nii"
     path.write_bytes(payload[: len(payload) // 2])
 
-    assert_read_error(path, "nifti")
+    assert_read_error(path, "cannot be read as nifti", "damaged")
 
 
 def test_garbage_nifti(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(bytes(range(256)) * 8)
-    assert_read_error(path, "corrupt")
+    assert_read_error(path, "cannot be read as nifti", "not a gzip file")
 
 
 def test_gzip_of_garbage_is_not_nifti(tmp_path):
     path = tmp_path / "notnifti.nii.gz"
     path.write_bytes(gzip.compress(b"definitely not a NIfTI header" * 40))
-    assert_read_error(path, "nifti")
+    assert_read_error(path, "cannot be read as nifti", "file type")
 
 
-@pytest.mark.parametrize("name", ["garbage.png", "garbage.h5", "garbage.mat", "garbage.npy", "garbage.mha"])
+@pytest.mark.parametrize("name", ["garbage.png", "garbage.jpg", "garbage.h5", "garbage.mat", "garbage.mha"])
 def test_garbage_in_other_formats(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"\x13\x37 not an image at all " * 20)
     error = assert_read_error(path, "cannot be read as")
     assert format_of(path) in error.problem
+
+
+def test_garbage_npy_is_not_reported_as_pickled_data(tmp_path):
+    path = tmp_path / "garbage.npy"
+    path.write_bytes(b"\x13\x37 not an array " * 20)
+    error = assert_read_error(path, "not a NumPy")
+    assert "pickle" not in str(error)
+
+
+def test_four_dimensional_itk_image_is_refused(tmp_path):
+    path = tmp_path / "time.mha"
+    sitk.WriteImage(sitk.Image([3, 4, 5, 2], sitk.sitkInt16), str(path))
+    assert_read_error(path, "4-D image")
 
 
 def test_unknown_suffix(tmp_path):

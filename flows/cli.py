@@ -1,0 +1,168 @@
+"""The `mvg` command: the outer face of the pipeline (contract in DESIGN.md).
+
+Every command has `--help`; errors go to stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from storage.home import mvg_home, store_root
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Prefect starts a temporary local server when none is configured; keep it quiet and private.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.home:
+        os.environ["MVG_HOME"] = str(args.home)
+    try:
+        return args.run(args)
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"mvg {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mvg", description="Medical Vision Generalist pipeline")
+    parser.add_argument("--home", type=Path, help="data root (default: $MVG_HOME or ./mvg-home)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    datasets = commands.add_parser("datasets", help="list built-in dataset specs")
+    datasets.add_argument("--json", action="store_true", help="print the specs as JSON")
+    datasets.set_defaults(run=run_datasets)
+
+    phantoms = commands.add_parser("phantoms", help="write a synthetic dataset in nnU-Net v2 layout")
+    phantoms.add_argument("--task", required=True, choices=_phantom_tasks())
+    phantoms.add_argument("--cases", type=int, default=8)
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--size", type=int, default=128, help="in-plane size in pixels")
+    phantoms.add_argument("--slices", type=int, default=32, help="slices per volume (3-D tasks)")
+    phantoms.add_argument("--out", type=Path, required=True, help="dataset folder to write (DIR/dataset.json)")
+    phantoms.set_defaults(run=run_phantoms)
+
+    ingest = commands.add_parser("ingest", help="ingest a dataset folder or manifest into the Zarr store")
+    ingest.add_argument("source", type=Path, help="nnU-Net v2 / MSD folder, or a manifest (.csv/.json)")
+    ingest.add_argument("--spec", help="built-in dataset spec to read it with (see `mvg datasets`)")
+    ingest.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    ingest.add_argument("--workers", type=int, default=2, help="Dask worker processes (one case each)")
+    ingest.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
+    ingest.add_argument("--size", type=int, default=512, help="in-plane store size (paper: 512)")
+    ingest.set_defaults(run=run_ingest)
+
+    store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
+    store.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    store.add_argument("--json", action="store_true")
+    store.set_defaults(run=run_store)
+
+    demo = commands.add_parser("demo", help="generate phantom datasets, ingest them, summarise the store")
+    demo.add_argument("--cases", type=int, default=8)
+    demo.add_argument("--size", type=int, default=128, help="phantom and store in-plane size")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def _phantom_tasks() -> tuple[str, ...]:
+    from storage.phantoms import PHANTOM_TASKS
+
+    return PHANTOM_TASKS
+
+
+def run_datasets(args) -> int:
+    from storage.specs import BUILTIN_SPECS
+
+    if args.json:
+        print(json.dumps({name: spec.to_dict() for name, spec in BUILTIN_SPECS.items()}, indent=1))
+        return 0
+    rows = [
+        (s.name, s.region, s.modality, s.task, s.layout, str(len(s.classes)), s.normalisation, _cases(s.paper_cases))
+        for s in BUILTIN_SPECS.values()
+    ]
+    print_table(("name", "region", "modality", "task", "layout", "classes", "norm", "paper train/test"), rows)
+    return 0
+
+
+def _cases(cases: tuple[int, int] | None) -> str:
+    return f"{cases[0]}/{cases[1]}" if cases else "-"
+
+
+def run_phantoms(args) -> int:
+    from tqdm.auto import tqdm
+
+    from storage.phantoms import write_phantoms
+
+    with tqdm(total=args.cases, unit="case", desc=f"phantoms {args.task}") as bar:
+        out = write_phantoms(
+            args.task, args.out, cases=args.cases, seed=args.seed, size=args.size, slices=args.slices,
+            progress=lambda done: bar.update(done - bar.n),
+        )
+    print(f"wrote {args.cases} {args.task} case(s) to {out}")
+    return 0
+
+
+def run_ingest(args) -> int:
+    from flows.ingest import ingest_flow
+
+    state = ingest_flow(
+        str(args.source), spec=args.spec, store=str(args.store or store_root()), workers=args.workers,
+        dask_address=args.dask_address, size=args.size, progress=True, return_state=True,
+    )
+    summary = state.result(raise_on_failure=False)
+    if not isinstance(summary, dict):  # the flow itself crashed (bad folder, unknown spec ...)
+        print(f"mvg ingest: error: {summary}", file=sys.stderr)
+        return 2
+    print_table(("case", "split", "slices", "classes", "status", "reason"), [tuple(map(str, r.values())) for r in summary["rows"]])
+    print(f"{summary['dataset']}: {summary['ingested']} ingested, {summary['skipped']} unchanged, {summary['failed']} failed -> {summary['directory']}")
+    return 1 if summary["failed"] else 0
+
+
+def run_store(args) -> int:
+    from storage.store import ZarrStore
+
+    root = args.store or store_root()
+    summary = ZarrStore(root).summary()
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"store {root}")
+    rows = [
+        (s["dataset"], s["task"], s["modality"], str(s["cases"]), " ".join(f"{k}={v}" for k, v in sorted(s["splits"].items())), str(s["slices"]), " ".join(map(str, s["classes"])))
+        for s in summary
+    ]
+    print_table(("dataset", "task", "modality", "cases", "splits", "slices", "classes"), rows)
+    return 0
+
+
+def run_demo(args) -> int:
+    """For now the demo prepares data end to end; later stages (train, evaluate) extend it."""
+    from storage.phantoms import PHANTOM_TASKS, write_phantoms
+
+    home = mvg_home()
+    failures = 0
+    for task in PHANTOM_TASKS:
+        source = home / "phantoms" / task
+        if not (source / "dataset.json").exists():
+            write_phantoms(task, source, cases=args.cases, seed=0, size=args.size, slices=32)
+        failures += run_ingest(
+            argparse.Namespace(source=source, spec=None, store=store_root(), workers=args.workers, dask_address=None, size=args.size)
+        )
+    run_store(argparse.Namespace(store=store_root(), json=False))
+    print(f"\nOpen a case in napari: napari --plugin napari-ome-zarr {store_root()}/<dataset>.zarr/<case>/image")
+    return 1 if failures else 0
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(v)) for v in column) for column in zip(header, *rows)]
+    for row in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

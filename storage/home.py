@@ -1,0 +1,17 @@
+"""One data root, `MVG_HOME`, holds every local default: the Zarr store, MLflow, Ray results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_HOME = "mvg-home"  # relative to the working directory, so a checkout keeps its own data
+
+
+def mvg_home(home: str | Path | None = None) -> Path:
+    """The data root: `home` if given, else `$MVG_HOME`, else ./mvg-home."""
+    return Path(home or os.environ.get("MVG_HOME") or DEFAULT_HOME).expanduser()
+
+
+def store_root(home: str | Path | None = None) -> Path:
+    return mvg_home(home) / "store"

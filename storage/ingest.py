@@ -180,6 +180,9 @@ def _read_channels(source: CaseSource, spec: DatasetSpec) -> list[Scan]:
                 raise CaseError(file.path, f"is 4-D {scan.array.shape} where a 3-D volume is expected")
             scan = scan.channel(file.channel)
         scans.append(scan)
+    if spec.rescale is not None:
+        slope, intercept = spec.rescale
+        scans = [Scan(s.array.astype(np.float32) * np.float32(slope) + np.float32(intercept), s.geometry, s.path) for s in scans]
     return scans
 
 

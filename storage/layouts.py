@@ -313,6 +313,8 @@ def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> Datase
     spec_fields = {k: v for k, v in header.items() if k in DatasetSpec.__dataclass_fields__}
     if "classes" in spec_fields:
         spec_fields["classes"] = {int(k): v for k, v in spec_fields["classes"].items()}
+    if spec_fields.get("rescale") is not None:
+        spec_fields["rescale"] = tuple(spec_fields["rescale"])
     if spec is None and "spec" in header:
         spec = get_spec(header["spec"])
     if spec is not None:

@@ -207,7 +207,7 @@ def read_itk(path: Path) -> Scan:
     affine_lps = np.eye(4)
     affine_lps[:dimension, :dimension] = direction * spacing
     affine_lps[:dimension, 3] = origin
-    affine = affine_lps
+    affine = LPS_TO_RAS @ affine_lps
     if data.ndim == 4:  # vector image: channels last in SimpleITK
         channels = [canonicalize(np.transpose(data[..., c], (2, 1, 0)), affine) for c in range(data.shape[-1])]
         return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))

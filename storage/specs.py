@@ -44,6 +44,7 @@ class DatasetSpec:
     normalisation: str = "percentile"
     input_channel: int = 0
     target_channel: int | None = None
+    rescale: tuple[float, float] | None = None  # (slope, intercept) to scanner units, e.g. attenuation -> HU
     test_fraction: float = 0.2  # used when the layout has no split of its own
     paper_cases: tuple[int, int] | None = None  # (#training, #testing) in the paper's Table 1
     citation: str = ""
@@ -80,8 +81,9 @@ class DatasetSpec:
     def from_dict(cls, data: dict) -> DatasetSpec:
         data = dict(data)
         data["classes"] = {int(k): v for k, v in data.get("classes", {}).items()}
-        if data.get("paper_cases") is not None:
-            data["paper_cases"] = tuple(data["paper_cases"])
+        for key in ("paper_cases", "rescale"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
         return cls(**data)
 
 
@@ -147,6 +149,8 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "ldct", "Low-dose CT (Mayo)", "Chest", "CT", "denoising", "manifest", {}, "ct",
             input_channel=0, target_channel=1, paper_cases=(200, 59), citation="McCollough et al., 2021",
+            # the AAPM challenge .mat files hold linear attenuation: HU = (mu - 0.0192) / 0.0192 * 1000
+            rescale=(1000 / 0.0192, -1000.0),
             expected="manifest rows: image = quarter-dose file, target = routine-dose file (.mat/.npy/DICOM/NIfTI)",
         ),
         DatasetSpec(

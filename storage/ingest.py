@@ -132,11 +132,11 @@ def prepare_case(
         if spec.task == "inpainting"
         else preprocess.intensity_scale(image_scan.array, spec.normalisation)
     )
-    arrays["image"] = _store_image(image_scale.apply(image_scan.array), size)
+    arrays["image"] = _store_image(image_scale, image_scan.array, size)
     intensity["image"] = vars(image_scale)
     if target_scan is not None:
         target_scale = image_scale if spec.task == "inpainting" else preprocess.intensity_scale(target_scan.array, spec.normalisation)
-        arrays["target"] = _store_image(target_scale.apply(target_scan.array), size)
+        arrays["target"] = _store_image(target_scale, target_scan.array, size)
         intensity["target"] = vars(target_scale)
         if labels is not None:
             arrays["mask"] = preprocess.resize_slices((labels > 0).astype(np.uint8), size, labels=True)
@@ -163,9 +163,11 @@ def prepare_case(
     return arrays, record, decoded
 
 
-def _store_image(image: np.ndarray, size: int) -> np.ndarray:
+def _store_image(scale: preprocess.IntensityScale, image: np.ndarray, size: int) -> np.ndarray:
     # float16 keeps ~3 decimal digits in [0, 1]: PSNR stays far above what uint8 would cap (~59 dB)
-    return preprocess.resize_slices(image, size).astype(np.float16)
+    if image.shape[1:] == (size, size):
+        return scale.apply(image, np.float16)
+    return preprocess.resize_slices(scale.apply(image), size).astype(np.float16)
 
 
 def _read_channels(source: CaseSource, spec: DatasetSpec) -> list[Scan]:
@@ -224,7 +226,7 @@ def _read_labels(source: CaseSource, image: Scan, spec: DatasetSpec, declared: d
         return (labels > 0).astype(np.uint8)
     allowed = declared if declared is not None else spec.classes
     if allowed:
-        undeclared = sorted(set(np.unique(labels).tolist()) - {0} - set(allowed))
+        undeclared = sorted(set(preprocess.label_values(labels)) - {0} - set(allowed))
         if undeclared:
             raise CaseError(scan.path, f"label values {undeclared} are not declared (declared: {sorted(allowed)})")
     return labels

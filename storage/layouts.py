@@ -269,7 +269,7 @@ def plan_msd(root: Path, description: dict, spec: DatasetSpec | None) -> Dataset
 
 # --------------------------------------------------------------------------------- manifest
 
-MANIFEST_COLUMNS = ("case", "image", "target", "split", "mask", "image_key", "target_key", "mask_key")
+MANIFEST_COLUMNS = ("case", "image", "target", "split", "mask", "image_key", "target_key", "mask_key", "root")
 
 
 def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
@@ -277,7 +277,11 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
 
     A JSON manifest is either a list of rows or `{"cases": [...], ...spec fields..., "root": DIR}`;
     `root` (default: the manifest's folder) is the dataset folder that every path must stay inside.
-    `target` may also be `{class name: binary mask file}`, merged into one label map by `classes`.
+    A row may name its own `root` (a CSV has no header to carry one), so that a manifest written
+    elsewhere can describe a read-only data folder; relative roots start at the manifest's folder.
+    `target` may also be `{class name: binary mask file, or a list of them}` (a list when one class
+    comes as several instance masks), merged into one label map by `classes`; where masks overlap,
+    the higher class value wins.
     """
     header: dict = {}
     if path.suffix.lower() == ".csv":
@@ -295,8 +299,9 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
     for number, row in enumerate(rows, start=1):
         case = str(row.get("case") or f"row{number}")
         try:
-            plan.cases.append(_manifest_case(root, case, row, spec, names))
-        except (KeyError, ValueError) as error:
+            row_root = (path.parent / row["root"]).resolve() if row.get("root") else root
+            plan.cases.append(_manifest_case(row_root, case, row, spec, names))
+        except (KeyError, ValueError, TypeError) as error:
             plan.problems.append(CaseProblem(case, f"{path.name} row {number}: {error}"))
             continue
         if not row.get("split"):
@@ -355,10 +360,14 @@ def _manifest_case(root: Path, case: str, row: dict, spec: DatasetSpec, class_va
         return CaseSource(case, split, channels, mask)
     if isinstance(target, dict):  # one binary mask per class
         parts = []
-        for name, mask_path in sorted(target.items()):
+        for name, mask_paths in target.items():
             if name not in class_values:
                 raise ValueError(f"class {name!r} is not among the manifest's classes ({', '.join(class_values)})")
-            parts.append((class_values[name], SourceFile(str(inside(root, mask_path)))))
+            for mask_path in [mask_paths] if isinstance(mask_paths, str) else mask_paths:
+                parts.append((class_values[name], SourceFile(str(inside(root, mask_path)))))
+        # Merged in class order, so a nested structure given a higher value (grey matter inside the
+        # cord) survives whatever its name; name order would let "spinal cord" paint over "grey matter".
+        parts.sort(key=lambda part: part[0])
         return CaseSource(case, split, (image,), None, tuple(parts))
     label = SourceFile(str(inside(root, target)), row.get("target_key") or None) if target else None
     return CaseSource(case, split, (image,), label)

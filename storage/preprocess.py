@@ -25,12 +25,22 @@ class IntensityScale:
     low: float
     high: float
 
-    def apply(self, image: np.ndarray) -> np.ndarray:
+    def apply(self, image: np.ndarray, dtype=np.float32) -> np.ndarray:
+        """Scaled copy of a (z, y, x) image in `dtype`, computed a few slices at a time: the float32
+        temporaries stay in cache, which makes this several times faster on whole volumes."""
+        out = np.empty(image.shape, dtype=dtype)
         span = self.high - self.low
         if span <= 0:  # a constant image carries no contrast: map it to 0 rather than divide by 0
-            return np.zeros(image.shape, dtype=np.float32)
-        scaled = (image.astype(np.float32, copy=False) - np.float32(self.low)) * np.float32(1.0 / span)
-        return np.clip(scaled, 0.0, 1.0, out=scaled)
+            out[...] = 0
+            return out
+        low, inverse = np.float32(self.low), np.float32(1.0 / span)
+        step = max(1, (1 << 18) // max(1, image[0].size)) if image.ndim == 3 else len(image)
+        for start in range(0, len(image), step):
+            block = image[start : start + step].astype(np.float32)
+            block -= low
+            block *= inverse
+            np.clip(block, 0.0, 1.0, out=out[start : start + step], casting="same_kind")
+        return out
 
 
 def ct_window(window: tuple[float, float] = CT_WINDOW) -> IntensityScale:
@@ -75,6 +85,13 @@ def integer_labels(labels: np.ndarray) -> np.ndarray:
     top = int(labels.max()) if labels.size else 0
     dtype = np.uint8 if top < 256 else np.uint16
     return labels.astype(dtype)
+
+
+def label_values(labels: np.ndarray) -> list[int]:
+    """The values present in an integer label map (bincount: far cheaper than np.unique)."""
+    if labels.size == 0:
+        return []
+    return np.nonzero(np.bincount(labels.ravel()))[0].tolist()
 
 
 def merge_binary_masks(masks: list[tuple[int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from isal.igzip_lib import IsalError
 
 from storage.geometry import Geometry, canonicalize, planar_geometry
 
@@ -92,7 +93,7 @@ def read_scan(path: str | Path, key: str | None = None) -> Scan:
         return reader(path, key) if reader in (read_hdf5, read_mat, read_numpy) else reader(path)
     except ReadError:
         raise
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+    except (EOFError, zlib.error, gzip.BadGzipFile, IsalError) as error:
         raise ReadError(path, f"file is truncated or corrupt ({error})") from error
     except MemoryError:
         raise
@@ -101,9 +102,7 @@ def read_scan(path: str | Path, key: str | None = None) -> Scan:
 
 
 def read_nifti(path: Path) -> Scan:
-    import nibabel as nib
-
-    image = nib.load(str(path))
+    image = _load_nifti(path)
     data = np.asanyarray(image.dataobj)  # decodes here, so truncation surfaces inside read_scan
     if data.ndim == 2:
         data = data[:, :, None]
@@ -116,6 +115,25 @@ def read_nifti(path: Path) -> Scan:
         channels = [canonicalize(data[..., c], image.affine) for c in range(data.shape[3])]
         return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))
     raise ReadError(path, f"has {data.ndim} dimensions {data.shape}; expected 3-D or 4-D")
+
+
+def _load_nifti(path: Path):
+    """nibabel image; .nii.gz is inflated with ISA-L, about 3x faster than zlib, the bulk of ingest."""
+    import nibabel as nib
+    from isal import igzip
+
+    if not path.name.lower().endswith(".gz"):
+        return nib.load(str(path))
+    compressed = path.read_bytes()
+    if not compressed.startswith(b"\x1f\x8b"):
+        raise ReadError(path, "is not a gzip file, though its name ends in .gz")
+    raw = igzip.decompress(compressed)
+    sizes = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+    if 540 in sizes:
+        return nib.Nifti2Image.from_bytes(raw)
+    if 348 in sizes:
+        return nib.Nifti1Image.from_bytes(raw)
+    raise ReadError(path, "is not a NIfTI file (its header does not start with size 348 or 540)")
 
 
 # DICOM stores patient coordinates in LPS; nibabel and our affines are RAS.

@@ -766,13 +766,13 @@ def test_truncated_uncompressed_nifti(tmp_path):
 def test_garbage_nifti(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(bytes(range(256)) * 8)
-    assert_read_error(path, "cannot be read as nifti", "not a gzip file")
+    assert_read_error(path, "not a gzip file")
 
 
 def test_gzip_of_garbage_is_not_nifti(tmp_path):
     path = tmp_path / "notnifti.nii.gz"
     path.write_bytes(gzip.compress(b"definitely not a NIfTI header" * 40))
-    assert_read_error(path, "cannot be read as nifti", "file type")
+    assert_read_error(path, "not a NIfTI file")
 
 
 @pytest.mark.parametrize("name", ["garbage.png", "garbage.jpg", "garbage.h5", "garbage.mat", "garbage.mha"])

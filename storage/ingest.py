@@ -122,7 +122,7 @@ def prepare_case(
         target_scan = _channel(channels, spec.target_channel, source)
         _require_finite(target_scan)
         _require_same_grid(image_scan, target_scan)
-    labels = _read_labels(source, image_scan, spec, declared_labels)
+    labels = _read_labels(source, image_scan, spec)
 
     arrays: dict[str, np.ndarray] = {}
     intensity: dict[str, dict[str, float]] = {}
@@ -140,10 +140,13 @@ def prepare_case(
         intensity["target"] = vars(target_scale)
         if labels is not None:
             arrays["mask"] = preprocess.resize_slices((labels > 0).astype(np.uint8), size, labels=True)
-    elif labels is not None:
+    slice_classes: list[list[int]] = []
+    if target_scan is None and labels is not None:
+        source_classes = preprocess.slice_classes(labels)
+        _require_declared(source_classes, source, declared_labels or spec.classes)
         arrays["target"] = preprocess.resize_slices(labels, size, labels=True)
-
-    slice_classes = preprocess.slice_classes(arrays["target"]) if spec.labels_integer and "target" in arrays else []
+        # nearest resizing can drop a one-voxel structure: count classes on what is stored
+        slice_classes = source_classes if arrays["target"] is labels else preprocess.slice_classes(arrays["target"])
     geometry = image_scan.geometry
     depth, height, width = image_scan.array.shape
     record = CaseRecord(
@@ -209,7 +212,7 @@ def _require_same_grid(reference: Scan, other: Scan) -> None:
             raise CaseError(other.path, f"affine differs from the image's ({reference.path}): the two are not on one voxel grid")
 
 
-def _read_labels(source: CaseSource, image: Scan, spec: DatasetSpec, declared: dict[int, str] | None) -> np.ndarray | None:
+def _read_labels(source: CaseSource, image: Scan, spec: DatasetSpec) -> np.ndarray | None:
     if spec.label_role == "ignore" or not source.has_label:
         if spec.label_role in ("target", "mask") and not source.has_label:
             raise CaseError(source.channels[0].path, f"case {source.case} has no label file")
@@ -224,12 +227,15 @@ def _read_labels(source: CaseSource, image: Scan, spec: DatasetSpec, declared: d
         raise CaseError(scan.path, str(error)) from None
     if spec.label_role == "mask":
         return (labels > 0).astype(np.uint8)
-    allowed = declared if declared is not None else spec.classes
-    if allowed:
-        undeclared = sorted(set(preprocess.label_values(labels)) - {0} - set(allowed))
-        if undeclared:
-            raise CaseError(scan.path, f"label values {undeclared} are not declared (declared: {sorted(allowed)})")
     return labels
+
+
+def _require_declared(slice_classes: list[list[int]], source: CaseSource, declared: dict[int, str]) -> None:
+    if not declared or source.label is None:
+        return
+    undeclared = sorted({c for classes in slice_classes for c in classes} - set(declared))
+    if undeclared:
+        raise CaseError(source.label.path, f"label values {undeclared} are not declared (declared: {sorted(declared)})")
 
 
 def _label_scan(file: SourceFile, image: Scan) -> Scan:

@@ -87,13 +87,6 @@ def integer_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype)
 
 
-def label_values(labels: np.ndarray) -> list[int]:
-    """The values present in an integer label map (bincount: far cheaper than np.unique)."""
-    if labels.size == 0:
-        return []
-    return np.nonzero(np.bincount(labels.ravel()))[0].tolist()
-
-
 def merge_binary_masks(masks: list[tuple[int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
     """Binary per-class masks -> one label map; where masks overlap the later class wins."""
     merged = np.zeros(shape, dtype=np.uint8 if max((v for v, _ in masks), default=0) < 256 else np.uint16)

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--workers", type=int, default=2, help="Dask worker processes (one case each)")
     ingest.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
     ingest.add_argument("--size", type=int, default=512, help="in-plane store size (paper: 512)")
+    ingest.add_argument("--name", help="dataset name in the store (default: the spec's)")
+    ingest.add_argument("--input-channel", type=int, help="channel of multi-channel cases used as input")
+    ingest.add_argument("--target-channel", type=int, help="channel used as target (synthesis, denoising)")
     ingest.set_defaults(run=run_ingest)
 
     store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
@@ -112,7 +115,8 @@ def run_ingest(args) -> int:
 
     state = ingest_flow(
         str(args.source), spec=args.spec, store=str(args.store or store_root()), workers=args.workers,
-        dask_address=args.dask_address, size=args.size, progress=True, return_state=True,
+        dask_address=args.dask_address, size=args.size, name=args.name, input_channel=args.input_channel,
+        target_channel=args.target_channel, progress=True, return_state=True,
     )
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):  # the flow itself crashed (bad folder, unknown spec ...)
@@ -151,7 +155,10 @@ def run_demo(args) -> int:
         if not (source / "dataset.json").exists():
             write_phantoms(task, source, cases=args.cases, seed=0, size=args.size, slices=32)
         failures += run_ingest(
-            argparse.Namespace(source=source, spec=None, store=store_root(), workers=args.workers, dask_address=None, size=args.size)
+            argparse.Namespace(
+                source=source, spec=None, store=store_root(), workers=args.workers, dask_address=None,
+                size=args.size, name=None, input_channel=None, target_channel=None,
+            )
         )
     run_store(argparse.Namespace(store=store_root(), json=False))
     print(f"\nOpen a case in napari: napari --plugin napari-ome-zarr {store_root()}/<dataset>.zarr/<case>/image")

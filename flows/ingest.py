@@ -8,6 +8,7 @@ ends Failed, with the same summary, when any case failed.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import flow, task
@@ -34,6 +35,11 @@ def ingest_case_task(
     return get_client().submit(ingest_case, case, spec, directory, declared, options, pure=False).result()
 
 
+def artifact_key(name: str) -> str:
+    """Prefect artifact keys allow only lower-case letters, digits and dashes."""
+    return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")
+
+
 def report_markdown(report: IngestReport) -> str:
     counts = report.counts()
     return (
@@ -50,10 +56,19 @@ def ingest_flow(
     workers: int = 2,
     dask_address: str | None = None,
     size: int = 512,
+    name: str | None = None,
+    input_channel: int | None = None,
+    target_channel: int | None = None,
     progress: bool = False,
 ):
-    """Ingest `source` (nnU-Net v2 / MSD folder or a manifest) with built-in spec `spec` if given."""
+    """Ingest `source` (nnU-Net v2 / MSD folder or a manifest) with built-in spec `spec` if given.
+
+    `name` stores it under another dataset name; `input_channel` / `target_channel` pick the
+    channels of multi-channel cases (BraTS t1n, t1c, t2w, t2f: 0 -> 2 is t1n -> t2w).
+    """
     plan = plan_dataset(source, spec)
+    overrides = {"name": name, "input_channel": input_channel, "target_channel": target_channel}
+    plan.spec = plan.spec.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
     writer = CatalogWriter(Path(store) if store else store_root(), plan)
     options = IngestOptions(size=size)
     print(f"{plan.spec.name}: {len(plan.cases)} case(s) planned, {len(plan.problems)} unplannable, {workers} worker(s)")
@@ -78,7 +93,7 @@ def ingest_flow(
     for failure in report.failed:
         print(f"FAILED {failure.case}: {failure.reason}")
     create_table_artifact(
-        key=f"ingest-{plan.spec.name}".lower(), table=report.rows(), description=report_markdown(report)
+        key=artifact_key(f"ingest-{plan.spec.name}"), table=report.rows(), description=report_markdown(report)
     )
     summary = {"dataset": report.dataset, "directory": report.directory, **report.counts(), "rows": report.rows()}
     if report.failed:

@@ -123,6 +123,9 @@ def inside(root: Path, relative: str) -> Path:
 def _spec_from_description(root: Path, description: dict, layout: str, spec: DatasetSpec | None) -> DatasetSpec:
     """The spec a dataset is ingested with: the user's, else its `mvg` block, else nnU-Net fields."""
     overrides = dict(description.get("mvg", {}))
+    unknown = sorted(set(overrides) - set(DatasetSpec.__dataclass_fields__))
+    if unknown:
+        raise LayoutError(f"{root / 'dataset.json'}: unknown keys in its mvg block: {', '.join(unknown)}")
     if spec is not None:
         return spec
     channel_names = description.get("channel_names") or description.get("modality") or {}
@@ -154,7 +157,12 @@ def declared_labels(description: dict) -> dict[int, str] | None:
         return None
     declared: dict[int, str] = {}
     for key, value in labels.items():
-        if isinstance(value, int) or (isinstance(value, str) and value.isdigit() and not str(key).isdigit()):
+        if isinstance(value, bool):
+            raise LayoutError(f"dataset.json: label {key!r} has the value {value!r}, not an integer")
+        if isinstance(value, list):  # nnU-Net v2 region-based: {"whole tumour": [1, 2, 3]}
+            for member in value:
+                declared.setdefault(int(member), str(key))
+        elif isinstance(value, int) or (isinstance(value, str) and value.isdigit() and not str(key).isdigit()):
             declared[int(value)] = str(key)  # nnU-Net v2: {"liver": 1}
         elif str(key).isdigit():
             declared[int(key)] = str(value)  # MSD: {"1": "liver"}

@@ -12,7 +12,7 @@ extends a run with fewer.
 
 Shapes live on normalised coordinates (x, y in [-1, 1] across the field of view, z in [0, 1] from
 the first to the last slice) and are evaluated only inside their bounding boxes, so a phantom looks
-the same at any matrix size and a 512 x 512 x 100 abdomen takes well under a second to compute.
+the same at any matrix size and a 512 x 512 x 100 abdomen takes about a second on one core.
 """
 
 from __future__ import annotations
@@ -91,15 +91,16 @@ class _Grid:
         return self.x[box[0], None, None], self.y[None, box[1], None], self.z[None, None, box[2]]
 
 
-def _scanner_affine(rng, size: int, slices: int, fov_mm: tuple[float, float], slice_mm: tuple[float, ...]):
+def _scanner_affine(rng, size: int, pixel_mm: tuple[float, float], slice_mm: tuple[float, ...]):
     """The voxel -> RAS mm affine a DICOM-to-NIfTI converter writes for an axial scan.
 
     Voxel axes run toward the patient's left and posterior (LPS storage, so the first two diagonal
-    entries are negative), spacing is anisotropic, the origin sits at a table position. Values are
-    made float32-exact because the NIfTI header stores them as float32: the affine read back from a
-    file then equals the one the case reports.
+    entries are negative), slices are thicker than pixels are wide, the origin sits at a table
+    position. Spacing is that of a scanner whatever the matrix size (a small matrix is a small field
+    of view), so every size exercises anisotropy. Values are made float32-exact because the NIfTI
+    header stores float32: the affine read back from a file equals the one the case reports.
     """
-    pixel = rng.uniform(*fov_mm) / size
+    pixel = rng.uniform(*pixel_mm)
     thickness = float(rng.choice(slice_mm))
     affine = np.diag([-pixel, -pixel, thickness, 1.0])
     affine[:3, 3] = (
@@ -149,7 +150,8 @@ def _vessel(grid: _Grid, centre, radius: float, sway: float, phase: float) -> Re
 def _arched_tube(grid: _Grid, x_span, centre, radii, arch: float, tilt: float) -> Region | None:
     """A tube lying across x, arched forward and tapering from head to tail, like the pancreas."""
     (x0, x1), (cy, cz), (ry, rz) = x_span, centre, radii
-    box = grid.box((x0, cy - arch - 1.2 * ry, cz - abs(tilt) - 1.2 * rz), (x1, cy + 1.2 * ry, cz + abs(tilt) + 1.2 * rz))
+    reach_y, reach_z = 1.2 * ry, abs(tilt) + 1.2 * rz
+    box = grid.box((x0, cy - arch - reach_y, cz - reach_z), (x1, cy + reach_y, cz + reach_z))
     if box is None:
         return None
     x, y, z = grid.local(box)
@@ -225,7 +227,8 @@ def _add_ribs(rng, grid: _Grid, codes: np.ndarray, wall: np.ndarray, swell: np.n
     z = grid.z[None, :]
     radius = wall[ix, iy][:, None] / swell[None, :]
     turns = rng.uniform(5, 8) * z + angle + rng.uniform()
-    rib = (radius >= inner) & (radius <= outer) & (turns % 1 < 0.3) & (np.abs(angle + np.pi / 2) > 0.35) & (z >= ribs_from)
+    beside_sternum = np.abs(angle + np.pi / 2) > 0.35
+    rib = (radius >= inner) & (radius <= outer) & (turns % 1 < 0.3) & beside_sternum & (z >= ribs_from)
     columns = codes[ix, iy, :]
     columns[rib & (columns == SOFT)] = BONE
     codes[ix, iy, :] = columns
@@ -293,9 +296,9 @@ def _abdominal_organs(rng, grid: _Grid) -> Iterator[tuple[str, Region | None]]:
                                 rng.uniform(0.3, 0.7), wobble=rng.uniform(0.04, 0.1), phase=rng.uniform(0, 2 * np.pi))
 
 
-def abdomen_ct(rng, size: int, slices: int) -> PhantomCase:
+def _abdomen_ct(rng, size: int, slices: int) -> PhantomCase:
     """Multi-organ abdominal CT in HU (int16) with its organ label map (uint8)."""
-    affine = _scanner_affine(rng, size, slices, fov_mm=(340, 420), slice_mm=(2.0, 2.5, 3.0))
+    affine = _scanner_affine(rng, size, pixel_mm=(0.7, 0.9), slice_mm=(2.0, 2.5, 3.0))
     grid = _Grid.of(size, slices)
     codes = _torso(rng, grid, ribs_from=0.6)
     organs = grid.without_ends(max(1, round(0.05 * slices)))
@@ -310,8 +313,12 @@ def abdomen_ct(rng, size: int, slices: int) -> PhantomCase:
 BRAIN_TISSUES = ("skull", "csf", "grey matter", "white matter", "lesion")
 BACKGROUND, SKULL, CSF, GREY, WHITE, LESION = range(6)
 # Relative signal per tissue (low, high): T1 has white matter brightest and CSF dark, T2 the reverse.
-T1_SIGNAL = {BACKGROUND: (0, 0), SKULL: (90, 150), CSF: (200, 280), GREY: (520, 600), WHITE: (780, 860), LESION: (330, 420)}
-T2_SIGNAL = {BACKGROUND: (0, 0), SKULL: (70, 120), CSF: (950, 1050), GREY: (650, 740), WHITE: (430, 520), LESION: (820, 930)}
+T1_SIGNAL = {
+    BACKGROUND: (0, 0), SKULL: (90, 150), CSF: (200, 280), GREY: (520, 600), WHITE: (780, 860), LESION: (330, 420),
+}
+T2_SIGNAL = {
+    BACKGROUND: (0, 0), SKULL: (70, 120), CSF: (950, 1050), GREY: (650, 740), WHITE: (430, 520), LESION: (820, 930),
+}
 
 
 def _brain_tissues(rng, grid: _Grid) -> np.ndarray:
@@ -328,13 +335,16 @@ def _brain_tissues(rng, grid: _Grid) -> np.ndarray:
         gyri * np.pi * z + rng.uniform(0, 2 * np.pi)
     )
     codes = np.zeros(grid.shape, dtype=np.uint8)
-    for code, inside in ((SKULL, radius <= 1), (CSF, radius <= 0.93), (GREY, radius <= 0.88), (WHITE, radius * folds <= 0.7)):
+    for code, inside in (
+        (SKULL, radius <= 1), (CSF, radius <= 0.93), (GREY, radius <= 0.88), (WHITE, radius * folds <= 0.7)
+    ):
         codes[inside] = code
     for side in (-1, 1):
-        _paint(codes, CSF, _ellipsoid(grid, _near(rng, (side * 0.1, -0.05, 0.55), 0.02), _scaled(rng, (0.055, 0.26, 0.12), 0.2),
-                                      side * rng.uniform(0.05, 0.2), wobble=0.1, lobes=2), over=(WHITE, GREY))
-        _paint(codes, GREY, _ellipsoid(grid, _near(rng, (side * 0.24, 0.05, 0.45), 0.02), _scaled(rng, (0.08, 0.12, 0.1), 0.2)),
-               over=(WHITE,))
+        ventricle = _ellipsoid(grid, _near(rng, (side * 0.1, -0.05, 0.55), 0.02),
+                               _scaled(rng, (0.055, 0.26, 0.12), 0.2), side * rng.uniform(0.05, 0.2), wobble=0.1, lobes=2)
+        _paint(codes, CSF, ventricle, over=(WHITE, GREY))
+        nucleus = _ellipsoid(grid, _near(rng, (side * 0.24, 0.05, 0.45), 0.02), _scaled(rng, (0.08, 0.12, 0.1), 0.2))
+        _paint(codes, GREY, nucleus, over=(WHITE,))
     _paint(codes, LESION, _blob_in_brain(rng, grid, codes, (0.06, 0.14)), over=(WHITE, GREY))
     return codes
 
@@ -366,22 +376,23 @@ def _mr_image(rng, grid: _Grid, tissues: np.ndarray, signal: dict[int, tuple[flo
     return np.hypot(real, imaginary).astype(np.float32)
 
 
-def _brain_affine(rng, size: int, slices: int) -> np.ndarray:
-    return _scanner_affine(rng, size, slices, fov_mm=(220, 250), slice_mm=(3.0, 4.0, 5.0))
+def _brain_affine(rng, size: int) -> np.ndarray:
+    return _scanner_affine(rng, size, pixel_mm=(0.9, 1.0), slice_mm=(3.0, 4.0, 5.0))
 
 
-def brain_synthesis(rng, size: int, slices: int) -> PhantomCase:
+def _brain_synthesis(rng, size: int, slices: int) -> PhantomCase:
     """T1-like (_0000) and T2-like (_0001) renderings of one tissue map, which is the label file."""
-    affine = _brain_affine(rng, size, slices)
+    affine = _brain_affine(rng, size)
     grid = _Grid.of(size, slices)
     tissues = _brain_tissues(rng, grid)
-    return PhantomCase((_mr_image(rng, grid, tissues, T1_SIGNAL), _mr_image(rng, grid, tissues, T2_SIGNAL)), tissues, affine)
+    t1, t2 = _mr_image(rng, grid, tissues, T1_SIGNAL), _mr_image(rng, grid, tissues, T2_SIGNAL)
+    return PhantomCase((t1, t2), tissues, affine)
 
 
-def brain_inpainting(rng, size: int, slices: int) -> PhantomCase:
+def _brain_inpainting(rng, size: int, slices: int) -> PhantomCase:
     """A T1-like brain with a lesion-shaped region voided to exactly 0 (_0000), the full image
     (_0001) and the voided region as a 0/1 mask (the label file)."""
-    affine = _brain_affine(rng, size, slices)
+    affine = _brain_affine(rng, size)
     grid = _Grid.of(size, slices)
     tissues = _brain_tissues(rng, grid)
     full = _mr_image(rng, grid, tissues, T1_SIGNAL)
@@ -396,10 +407,9 @@ def brain_inpainting(rng, size: int, slices: int) -> PhantomCase:
 
 LUNG, HEART, VESSEL = 4, 5, 6
 _CHEST_HU = TORSO_HU | {LUNG: (-880, -820), HEART: (30, 50), VESSEL: (35, 60)}
-# Incident photons per detector bin per view for a 512 matrix at reduced (quarter-like) dose. Smaller
-# matrices get proportionally fewer, so that the noise in HU -- about 20-25 HU in soft tissue -- and the
-# PSNR stay those of a clinical low-dose scan at any size, instead of shrinking with coarse voxels.
-PHOTONS_PER_BIN_512 = 1.5e5
+# Incident photons per detector bin per view at reduced (quarter-like) dose: soft-tissue noise of
+# about 25 HU, as in clinical low-dose scans (measured here at 64 to 256 px with one view per pixel).
+PHOTONS_PER_BIN = 5e4
 
 
 def _chest_codes(rng, grid: _Grid) -> np.ndarray:
@@ -410,7 +420,10 @@ def _chest_codes(rng, grid: _Grid) -> np.ndarray:
                                     rng.uniform(-0.6, -0.2), wobble=0.05), over=(SOFT,))
     _paint(codes, VESSEL, _vessel(grid, _near(rng, (0.05, 0.2), 0.02), rng.uniform(0.04, 0.055), 0.02,
                                   rng.uniform(0, 2 * np.pi)), over=(SOFT,))
-    lungs = [(_near(rng, (side * 0.38, 0.0, 0.55), 0.03), _scaled(rng, (0.27 - 0.02 * side, 0.42, 0.65), 0.08)) for side in (-1, 1)]
+    lungs = [
+        (_near(rng, (side * 0.38, 0.0, 0.55), 0.03), _scaled(rng, (0.27 - 0.02 * side, 0.42, 0.65), 0.08))
+        for side in (-1, 1)
+    ]
     for centre, radii in lungs:
         _paint(codes, LUNG, _ellipsoid(grid, centre, radii, wobble=0.04, phase=rng.uniform(0, 2 * np.pi)), over=(SOFT,))
     for _ in range(12 * len(lungs)):
@@ -455,11 +468,11 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def chest_low_dose(rng, size: int, slices: int) -> PhantomCase:
+def _chest_low_dose(rng, size: int, slices: int) -> PhantomCase:
     """A low-dose chest CT (_0000) and its clean full-dose phantom (_0001), both int16 HU."""
-    affine = _scanner_affine(rng, size, slices, fov_mm=(320, 400), slice_mm=(1.25, 2.0, 2.5))
+    affine = _scanner_affine(rng, size, pixel_mm=(0.65, 0.85), slice_mm=(2.0, 3.0))
     full = _hounsfield(rng, _chest_codes(rng, _Grid.of(size, slices)), _CHEST_HU, noise_hu=0)
-    photons = PHOTONS_PER_BIN_512 * size / 512 * rng.uniform(0.7, 1.4)
+    photons = PHOTONS_PER_BIN * rng.uniform(0.7, 1.4)
     return PhantomCase((_low_dose(rng, full, abs(affine[0, 0]), photons), full), None, affine)
 
 
@@ -471,7 +484,7 @@ def _chord(squared_radius: np.ndarray, half_depth: float) -> np.ndarray:
     return 2 * half_depth * np.sqrt(np.clip(1 - squared_radius, 0, None))
 
 
-def chest_radiograph(rng, size: int, slices: int) -> PhantomCase:
+def _chest_radiograph(rng, size: int, slices: int) -> PhantomCase:
     """A PA chest radiograph as the line integral of attenuation through analytic solids: a torso
     with shoulders and neck, two lungs cut by diaphragm domes and overlapped by the heart, spine,
     ribs and clavicles; then Poisson quantum noise and detector blur. Displayed like a radiograph
@@ -490,11 +503,13 @@ def chest_radiograph(rng, size: int, slices: int) -> PhantomCase:
         diaphragm = vc - rv * rng.uniform(0.55, 0.7) + rng.uniform(0.1, 0.2) * (1 - lateral)
         lungs += _chord(lateral + ((v - vc) / rv) ** 2, 0.75 * half_depth) * (v > diaphragm)
     heart_centre, heart_radii = _near(rng, (0.12, -0.3), 0.04), _scaled(rng, (0.3, 0.25), 0.1)
-    heart = _chord(((u - heart_centre[0]) / heart_radii[0]) ** 2 + ((v - heart_centre[1]) / heart_radii[1]) ** 2, 0.4 * half_depth)
+    heart_radius = ((u - heart_centre[0]) / heart_radii[0]) ** 2 + ((v - heart_centre[1]) / heart_radii[1]) ** 2
+    heart = _chord(heart_radius, 0.4 * half_depth)
     lungs = np.clip(lungs - heart, 0, None)
     bone = _chord((u / 0.07) ** 2, 0.12) * (v < 0.8)
     rib_phase = (rng.uniform(0.55, 0.65) - v - rng.uniform(0.1, 0.3) * u**2) / rng.uniform(0.1, 0.13)
-    bone += 0.05 * ((rib_phase % 1 < 0.35) & (rib_phase >= 0) & (rib_phase < 10) & (np.abs(u) > 0.1) & (np.abs(u) < 0.95 * shoulders))
+    in_chest_wall = (np.abs(u) > 0.1) & (np.abs(u) < 0.95 * shoulders)
+    bone += 0.05 * ((rib_phase % 1 < 0.35) & (rib_phase >= 0) & (rib_phase < 10) & in_chest_wall)
     for side in (-1, 1):
         bone += 0.08 * (_segment_distance(u, v, (side * 0.1, 0.6), (side * 0.55, 0.72)) < 0.03)
     mm_per_unit = rng.uniform(170, 210)
@@ -533,30 +548,30 @@ class _Phantom:
 _BRAIN_LABELS = {"background": 0} | {name: value for value, name in enumerate(BRAIN_TISSUES, start=1)}
 _PHANTOMS = {
     "segmentation": _Phantom(
-        abdomen_ct, "phantom", ".nii.gz", "Phantom abdomen CT (multi-organ segmentation)", {"0": "CT"},
+        _abdomen_ct, "phantom", ".nii.gz", "Phantom abdomen CT (multi-organ segmentation)", {"0": "CT"},
         {"background": 0} | {name: value for value, name in enumerate(ABDOMEN_ORGANS, start=1)},
         {"task": "segmentation", "modality": "CT", "region": "Abdomen", "normalisation": "ct"},
     ),
     "synthesis": _Phantom(
-        brain_synthesis, "phantom", ".nii.gz", "Phantom brain MR (T1 -> T2 synthesis)", {"0": "T1", "1": "T2"},
+        _brain_synthesis, "phantom", ".nii.gz", "Phantom brain MR (T1 -> T2 synthesis)", {"0": "T1", "1": "T2"},
         _BRAIN_LABELS,
         {"task": "synthesis", "modality": "MRI", "region": "Brain", "normalisation": "percentile",
          "input_channel": 0, "target_channel": 1},
     ),
     "inpainting": _Phantom(
-        brain_inpainting, "phantom", ".nii.gz", "Phantom brain MR (inpainting)", {"0": "T1 voided", "1": "T1"},
+        _brain_inpainting, "phantom", ".nii.gz", "Phantom brain MR (inpainting)", {"0": "T1 voided", "1": "T1"},
         {"background": 0, "voided": 1},
         {"task": "inpainting", "modality": "MRI", "region": "Brain", "normalisation": "percentile",
          "input_channel": 0, "target_channel": 1},
     ),
     "denoising": _Phantom(
-        chest_low_dose, "phantom", ".nii.gz", "Phantom chest CT (low-dose denoising)", {"0": "CT low dose", "1": "CT"},
+        _chest_low_dose, "phantom", ".nii.gz", "Phantom chest CT (low-dose denoising)", {"0": "CT low dose", "1": "CT"},
         {"background": 0},
         {"task": "denoising", "modality": "CT", "region": "Chest", "normalisation": "ct",
          "input_channel": 0, "target_channel": 1},
     ),
     "xray": _Phantom(
-        chest_radiograph, "xray", ".png", "Phantom chest X-ray (lung segmentation)", {"0": "X-ray"},
+        _chest_radiograph, "xray", ".png", "Phantom chest X-ray (lung segmentation)", {"0": "X-ray"},
         {"background": 0, "lungs": 1},
         {"task": "segmentation", "modality": "X-ray", "region": "Chest", "normalisation": "percentile"},
     ),
@@ -564,11 +579,11 @@ _PHANTOMS = {
 
 
 def phantom_case(task: str, index: int = 0, seed: int = 0, size: int = 128, slices: int = 32) -> PhantomCase:
-    """Case `index` of the phantom dataset `write_phantoms(task, seed=seed, ...)` writes, as arrays.
-    3-D arrays are (x, y, z) as NIfTI stores them; 2-D X-rays are (rows, columns)."""
+    """Case `index` of the dataset `write_phantoms(task, seed=seed, ...)` writes, as arrays:
+    3-D arrays are (x, y, z) as NIfTI stores them, 2-D X-rays (rows, columns)."""
     _check_arguments(task, seed, size, slices)
     _check_integer("index", index, 0)
-    return _PHANTOMS[task].make(np.random.default_rng([seed, index]), size, slices)
+    return _PHANTOMS[task].make(np.random.default_rng([int(seed), int(index)]), int(size), int(slices))
 
 
 def write_phantoms(task: str, out: str | Path, cases: int = 8, seed: int = 0, size: int = 128, slices: int = 32,
@@ -578,10 +593,12 @@ def write_phantoms(task: str, out: str | Path, cases: int = 8, seed: int = 0, si
     `out` must be new, empty, or an earlier phantom dataset (whose imagesTr/ and labelsTr/ are then
     replaced, so a smaller re-run leaves no stale cases). dataset.json is written first and each
     file is renamed into place once complete, so an interrupted run leaves no truncated case file.
-    `progress`, when given, is called with the number of cases done after each case.
+    `progress`, when given, is called with the number of cases done after each case. 2-D X-rays
+    ignore `slices`. Raises ValueError for an unknown task, bad numbers, or an unusable `out`.
     """
     _check_arguments(task, seed, size, slices)
     _check_integer("cases", cases, 1)
+    cases, seed, size, slices = int(cases), int(seed), int(size), int(slices)  # numpy integers -> JSON
     phantom = _PHANTOMS[task]
     out = Path(out)
     _prepare_folder(out)
@@ -599,7 +616,7 @@ def write_phantoms(task: str, out: str | Path, cases: int = 8, seed: int = 0, si
     (out / "dataset.json").write_text(json.dumps(description, indent=2) + "\n")
     digits = max(3, len(str(cases - 1)))
     for index in range(cases):
-        case = phantom.make(np.random.default_rng([seed, index]), size, slices)
+        case = phantom_case(task, index, seed, size, slices)
         name = f"{phantom.prefix}_{index:0{digits}d}"
         for channel, image in enumerate(case.channels):
             _save(image, case.affine, out / "imagesTr" / f"{name}_{channel:04d}{phantom.file_ending}")

@@ -22,7 +22,9 @@ HAS_LABELS = {"segmentation": True, "synthesis": True, "inpainting": True, "deno
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("phantoms")
-    return {task: write_phantoms(task, root / task, cases=CASES, seed=7, size=SIZE, slices=SLICES) for task in PHANTOM_TASKS}
+    return {
+        task: write_phantoms(task, root / task, cases=CASES, seed=7, size=SIZE, slices=SLICES) for task in PHANTOM_TASKS
+    }
 
 
 def load(path: Path) -> np.ndarray:
@@ -34,7 +36,7 @@ def load(path: Path) -> np.ndarray:
 
 def case_files(root: Path, case: str) -> tuple[list[Path], Path | None]:
     channels = sorted((root / "imagesTr").glob(f"{case}_*"))
-    labels = [p for p in (root / "labelsTr").glob(f"{case}.*")] if (root / "labelsTr").is_dir() else []
+    labels = list((root / "labelsTr").glob(f"{case}.*"))
     return channels, labels[0] if labels else None
 
 

@@ -74,8 +74,8 @@ def random_reads(store: Path, dataset: str, png_root: Path, samples: int, seed: 
     cases = stored.cases()
     rng = random.Random(seed)
     picks = [(c, rng.randrange(stored.record(c).slices)) for c in (rng.choice(cases) for _ in range(samples))]
-    for case in cases:  # open the array handles once, as a training loader does
-        stored.array(case, "image"), stored.array(case, "target")
+    for case in cases:  # open the readers (shard indexes) once, as a training loader does
+        stored.slice_reader(case, "image"), stored.slice_reader(case, "target")
 
     started = time.perf_counter()
     for case, z in picks:

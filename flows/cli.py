@@ -151,7 +151,7 @@ def run_demo(args) -> int:
     home = mvg_home()
     failures = 0
     for task in PHANTOM_TASKS:
-        source = home / "phantoms" / task
+        source = home / "phantoms" / f"phantom-{task}"
         if not (source / "dataset.json").exists():
             write_phantoms(task, source, cases=args.cases, seed=0, size=args.size, slices=32)
         failures += run_ingest(

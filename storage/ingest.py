@@ -301,14 +301,19 @@ def dask_client(workers: int = 2, address: str | None = None) -> Iterator:
     `workers` single-threaded processes (one case in memory per worker)."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if address:
         with Client(address) as client:
             yield client
         return
-    with LocalCluster(
-                n_workers=workers,
+    # Dask's default MALLOC_TRIM_THRESHOLD_ turns off glibc's adaptive mmap threshold, so every
+    # slice-sized temporary is mmap'd and page-faulted afresh: measured 1.6x slower per case here.
+    # Workers hold one case at a time, so the memory it would give back is not worth that.
+    environ = {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1}
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), LocalCluster(
+        n_workers=workers,
         threads_per_worker=1,
         processes=True,
         dashboard_address=None,

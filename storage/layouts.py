@@ -307,6 +307,9 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
     for number, row in enumerate(rows, start=1):
         case = str(row.get("case") or f"row{number}")
         try:
+            unknown = sorted(set(row) - set(MANIFEST_COLUMNS))
+            if unknown:  # a misspelt column would otherwise be ignored silently
+                raise ValueError(f"unknown column(s) {', '.join(map(str, unknown))}; known: {', '.join(MANIFEST_COLUMNS)}")
             row_root = (path.parent / row["root"]).resolve() if row.get("root") else root
             plan.cases.append(_manifest_case(row_root, case, row, spec, names))
         except (KeyError, ValueError, TypeError) as error:

@@ -96,10 +96,9 @@ def merge_binary_masks(masks: list[tuple[int, np.ndarray]], shape: tuple[int, ..
 
 
 def slice_classes(labels: np.ndarray) -> list[list[int]]:
-    """Foreground classes present in each slice: the sampler uses them to prefer informative slices."""
-    flat = labels.reshape(labels.shape[0], -1)
-    top = int(flat.max()) if flat.size else 0
-    present = np.zeros((flat.shape[0], top + 1), dtype=bool)
-    for index, row in enumerate(flat):
-        present[index] = np.bincount(row, minlength=top + 1) > 0
-    return [(np.nonzero(row[1:])[0] + 1).tolist() for row in present]
+    """Foreground classes present in each slice: the sampler uses them to prefer informative slices.
+    `find_objects` scans a slice once in C without widening uint8 to intp, unlike bincount."""
+    return [
+        [value for value, box in enumerate(ndimage.find_objects(plane), start=1) if box is not None]
+        for plane in labels
+    ]

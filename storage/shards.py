@@ -1,0 +1,86 @@
+"""Fast single-slice reads from the store's sharded Zarr arrays.
+
+Training samples one slice at a time from thousands of cases. Going through zarr-python costs about
+a millisecond of asyncio machinery and a fresh read of the shard index for every slice, more than
+decoding the slice itself. Our arrays all have one known shape (one shard per case, one slice per
+inner chunk, Blosc-compressed, index at the end), so this reader reads the shard index once per
+array, then each slice with one positioned read and one Blosc decode. It also holds no event-loop
+thread, so DataLoader workers may fork.
+
+Any array that is not laid out as `storage.store.write_case` writes it is refused with
+`UnsupportedLayout`; callers fall back to zarr-python. `tests/test_shards.py` checks slice for
+slice against zarr-python, including the empty chunks zarr does not write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from numcodecs import blosc
+
+EMPTY = np.iinfo(np.uint64).max  # offset and length of a chunk that was never written
+CRC_BYTES = 4
+
+
+class UnsupportedLayout(ValueError):
+    """The array is not a one-shard, one-slice-per-chunk, Blosc-compressed Zarr v3 array."""
+
+
+class SliceReader:
+    """Reads (y, x) slices of one `(z, y, x)` array written as a single shard."""
+
+    def __init__(self, array_dir: str | Path):
+        self.array_dir = Path(array_dir)
+        metadata = json.loads((self.array_dir / "zarr.json").read_text())
+        self.shape = tuple(metadata["shape"])
+        self.dtype = np.dtype(metadata["data_type"])
+        self.fill_value = metadata.get("fill_value", 0)
+        self._check_layout(metadata)
+        self.shard_path = self.array_dir / "c" / "0" / "0" / "0"
+        self._index = self._read_index()
+
+    def _check_layout(self, metadata: dict) -> None:
+        codecs = metadata.get("codecs", [])
+        sharding = codecs[0].get("configuration", {}) if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed" else None
+        depth, height, width = self.shape
+        grid = metadata.get("chunk_grid", {}).get("configuration", {}).get("chunk_shape")
+        encoding = metadata.get("chunk_key_encoding", {})
+        if (
+            sharding is None
+            or grid != [depth, height, width]
+            or sharding.get("chunk_shape") != [1, height, width]
+            or sharding.get("index_location", "end") != "end"
+            or [c["name"] for c in sharding.get("codecs", [])] != ["bytes", "blosc"]
+            or [c["name"] for c in sharding.get("index_codecs", [])] != ["bytes", "crc32c"]
+            or encoding.get("name") != "default"
+            or encoding.get("configuration", {}).get("separator", "/") != "/"
+            or (self.dtype.itemsize > 1 and sharding["codecs"][0].get("configuration", {}).get("endian", "little") != "little")
+        ):
+            raise UnsupportedLayout(f"{self.array_dir}: not a single-shard, slice-chunked Blosc array")
+
+    def _read_index(self) -> np.ndarray | None:
+        """(offset, length) per slice, from the index at the end of the shard; None when no shard
+        was written (every slice equal to the fill value)."""
+        count = self.shape[0]
+        size = count * 16 + CRC_BYTES
+        try:
+            with open(self.shard_path, "rb") as file:
+                file.seek(-size, os.SEEK_END)
+                raw = file.read(size)
+        except FileNotFoundError:
+            return None
+        return np.frombuffer(raw[: count * 16], dtype="<u8").reshape(count, 2)
+
+    def read(self, index: int) -> np.ndarray:
+        if not -self.shape[0] <= index < self.shape[0]:
+            raise IndexError(f"{self.array_dir}: slice {index} out of range 0..{self.shape[0] - 1}")
+        index %= self.shape[0]
+        if self._index is None or self._index[index, 0] == EMPTY:
+            return np.full(self.shape[1:], self.fill_value, dtype=self.dtype)
+        offset, length = (int(v) for v in self._index[index])
+        with open(self.shard_path, "rb") as file:
+            compressed = os.pread(file.fileno(), length, offset)
+        return np.frombuffer(blosc.decompress(compressed), dtype=self.dtype).reshape(self.shape[1:])

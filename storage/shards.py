@@ -1,4 +1,4 @@
-"""Fast single-slice reads from the store's sharded Zarr arrays.
+"""Fast single-slice reads and whole-shard writes for the store's sharded Zarr arrays.
 
 Training samples one slice at a time from thousands of cases. Going through zarr-python costs about
 a millisecond of asyncio machinery and a fresh read of the shard index for every slice, more than
@@ -7,9 +7,13 @@ inner chunk, Blosc-compressed, index at the end), so this reader reads the shard
 array, then each slice with one positioned read and one Blosc decode. It also holds no event-loop
 thread, so DataLoader workers may fork.
 
+Writing a whole case is the same story in reverse: zarr-python writes the metadata (it stays the
+format's authority), `write_shard` writes the shard bytes in one go, about 0.2 s per 512 x 512 x 100
+case faster than zarr-python's per-chunk asyncio pipeline, a third of ingest's own work.
+
 Any array that is not laid out as `storage.store.write_case` writes it is refused with
 `UnsupportedLayout`; callers fall back to zarr-python. `tests/test_shards.py` checks slice for
-slice against zarr-python, including the empty chunks zarr does not write.
+slice against zarr-python, both ways, including the empty chunks zarr does not write.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 from numcodecs import blosc
 
@@ -84,3 +89,20 @@ class SliceReader:
         with open(self.shard_path, "rb") as file:
             compressed = os.pread(file.fileno(), length, offset)
         return np.frombuffer(blosc.decompress(compressed), dtype=self.dtype).reshape(self.shape[1:])
+
+
+def write_shard(array_dir: str | Path, data: np.ndarray, cname: str, clevel: int, shuffle: str) -> None:
+    """Write `data` (z, y, x) as the single shard of the array whose zarr.json is in `array_dir`:
+    Blosc-compressed slices back to back, then the (offset, length) index and its CRC32C."""
+    shuffles = {"noshuffle": blosc.NOSHUFFLE, "shuffle": blosc.SHUFFLE, "bitshuffle": blosc.BITSHUFFLE}
+    data = np.ascontiguousarray(data, dtype=np.dtype(data.dtype).newbyteorder("<"))
+    blobs = [blosc.compress(plane, cname.encode(), clevel, shuffles[shuffle]) for plane in data]
+    lengths = np.array([len(blob) for blob in blobs], dtype="<u8")
+    index = np.stack([np.cumsum(lengths) - lengths, lengths], axis=1).astype("<u8").tobytes()
+    path = Path(array_dir) / "c" / "0" / "0" / "0"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:
+        for blob in blobs:
+            file.write(blob)
+        file.write(index)
+        file.write(google_crc32c.value(index).to_bytes(CRC_BYTES, "little"))

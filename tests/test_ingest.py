@@ -34,7 +34,7 @@ def test_round_trip_keeps_labels_exactly_and_geometry_recoverable(small_ct_datas
     for case in dataset.cases():
         image, labels = ct_case(int(case[-2:]))
         volume = dataset.read_volume(case)
-        assert volume.image.shape == (12, SIZE, SIZE) and volume.image.dtype == np.float32
+        assert volume.image.shape == (12, SIZE, SIZE) and volume.image.dtype == np.float16
         assert 0.0 <= volume.image.min() and volume.image.max() <= 1.0
         # Written back in the source geometry at the source size, the labels are the originals, voxel for voxel.
         geometry = dataset.geometry(case)

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
     store.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
     store.add_argument("--json", action="store_true")
+    store.add_argument("--preview", type=Path, metavar="DIR", help="also write a PNG montage per dataset to DIR")
     store.set_defaults(run=run_store)
 
     demo = commands.add_parser("demo", help="generate phantom datasets, ingest them, summarise the store")
@@ -141,6 +142,11 @@ def run_store(args) -> int:
         for s in summary
     ]
     print_table(("dataset", "task", "modality", "cases", "splits", "slices", "classes"), rows)
+    if args.preview:
+        from storage.preview import write_previews
+
+        for path in write_previews(root, args.preview):
+            print(f"preview: {path}")
     return 0
 
 
@@ -160,7 +166,7 @@ def run_demo(args) -> int:
                 size=args.size, name=None, input_channel=None, target_channel=None,
             )
         )
-    run_store(argparse.Namespace(store=store_root(), json=False))
+    run_store(argparse.Namespace(store=store_root(), json=False, preview=home / "previews"))
     print(f"\nOpen a case in napari: napari --plugin napari-ome-zarr {store_root()}/<dataset>.zarr/<case>/image")
     return 1 if failures else 0
 

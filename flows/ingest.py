@@ -88,7 +88,7 @@ def ingest_flow(
                 result = CaseResult(futures[future], "failed", f"{type(error).__name__}: {error}")
             writer.add(result)
             bar.update()
-            bar.set_postfix(failed=len([r for r in writer.results if r.status == "failed"]))
+            bar.set_postfix(failed=writer.failures)
     report = writer.finish()
     for failure in report.failed:
         print(f"FAILED {failure.case}: {failure.reason}")

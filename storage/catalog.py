@@ -28,6 +28,7 @@ class CaseRecord:
     geometry: dict  # storage.geometry.Geometry of the source, to write outputs back in place
     spacing: tuple[float, float, float]  # stored (z, y, x) voxel size in mm
     intensity: dict[str, dict[str, float]]  # role -> {low, high}: the [0, 1] scaling applied
+    recipe: dict = field(default_factory=dict)  # how it was made (storage.ingest.recipe): a change re-ingests
     classes: list[int] = field(default_factory=list)  # foreground classes anywhere in the case
     slice_classes: list[list[int]] = field(default_factory=list)  # per slice; empty for image targets
 

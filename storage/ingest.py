@@ -87,6 +87,25 @@ def source_checksum(files: list[str]) -> str:
     return digest.hexdigest()
 
 
+RECIPE_VERSION = 1  # bump when preprocessing changes what is stored for the same recipe
+
+
+def recipe(spec: DatasetSpec, options: IngestOptions) -> dict:
+    """Everything besides the source files that decides what a case's arrays hold, in words a user
+    can read in the case's metadata; a case is re-ingested when any of it changes."""
+    return {
+        "version": RECIPE_VERSION,
+        "size": options.size,
+        "task": spec.task,
+        "normalisation": spec.normalisation,
+        "input_channel": spec.input_channel,
+        "target_channel": spec.target_channel,
+        "rescale": list(spec.rescale) if spec.rescale else None,
+        "classes": {str(k): v for k, v in sorted(spec.classes.items())},
+        "codec": vars(options.codec),
+    }
+
+
 def ingest_case(
     source: CaseSource,
     spec: DatasetSpec,
@@ -97,12 +116,12 @@ def ingest_case(
     started = time.perf_counter()
     directory = Path(directory)
     try:
-        checksum = source_checksum(source.files())
+        checksum, made_by = source_checksum(source.files()), recipe(spec, options)
         existing = published_record(directory, source.case)
-        if existing is not None and existing.checksum == checksum and existing.split == source.split:
+        if existing is not None and (existing.checksum, existing.recipe, existing.split) == (checksum, made_by, source.split):
             return CaseResult(source.case, "skipped", "unchanged since last ingest", existing, time.perf_counter() - started)
         arrays, record, decoded = prepare_case(source, spec, declared_labels, options.size)
-        record.checksum = checksum
+        record.checksum, record.recipe = checksum, made_by
         write_case(directory, record, arrays, options.codec)
     except (ReadError, CaseError) as error:
         return CaseResult(source.case, "failed", str(error), seconds=time.perf_counter() - started)
@@ -263,6 +282,10 @@ class CatalogWriter:
         self.save_every_s = save_every_s
         self._saved_at = 0.0
         self.catalog.save(self.directory)
+
+    @property
+    def failures(self) -> int:
+        return sum(1 for result in self.results if result.status == "failed")
 
     def add(self, result: CaseResult) -> None:
         self.results.append(result)

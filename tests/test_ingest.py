@@ -207,3 +207,14 @@ def test_staging_debris_from_a_killed_run_is_cleared(small_ct_dataset, tmp_path,
     assert report.counts()["ingested"] == 5
     assert not torn.exists()
     shutil.rmtree(store / STAGING, ignore_errors=True)
+
+
+def test_a_changed_recipe_reingests_unchanged_sources(small_ct_dataset, tmp_path, dask_cluster):
+    store = tmp_path / "store"
+    run(small_ct_dataset, store, dask_cluster)
+    plan = plan_dataset(small_ct_dataset)
+    resized = ingest(plan, store, dask_cluster, IngestOptions(size=SIZE // 2))
+    assert resized.counts()["ingested"] == 5, "a new store size must not be skipped as 'unchanged'"
+    dataset = ZarrStore(store).dataset("smallct")
+    assert dataset.read_volume("ct_00").image.shape == (12, SIZE // 2, SIZE // 2)
+    assert dataset.record("ct_00").recipe["size"] == SIZE // 2

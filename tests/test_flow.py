@@ -121,3 +121,17 @@ def test_killed_ingest_finishes_on_rerun_without_duplicates(tmp_path):
         assert set(np.unique(volume.target).tolist()) == {0, 1, 2}
     skipped = result.stdout.count("skipped")
     assert skipped >= len(before), "cases published before the kill are not redone"
+
+
+def test_cli_phantoms_then_ingest_on_an_existing_dask_scheduler(prefect_server, tmp_path, dask_cluster, capsys):
+    out = tmp_path / "phantom-xray"
+    assert main(["phantoms", "--task", "xray", "--cases", "3", "--seed", "4", "--size", "64", "--out", str(out)]) == 0
+    assert json.loads((out / "dataset.json").read_text())["mvg"]["modality"] == "X-ray"
+    address = dask_cluster.scheduler.address
+    store = tmp_path / "store"
+    assert main(["ingest", str(out), "--store", str(store), "--size", "64", "--dask-address", address]) == 0
+    dataset = ZarrStore(store).dataset("phantom-xray")
+    assert len(dataset.cases()) == 3
+    assert set(np.unique(dataset.read_slice(dataset.cases()[0], 0).target).tolist()) == {0, 1}
+    assert main(["phantoms", "--task", "xray", "--cases", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "cases" in capsys.readouterr().err

@@ -135,3 +135,29 @@ def test_cli_phantoms_then_ingest_on_an_existing_dask_scheduler(prefect_server, 
     assert set(np.unique(dataset.read_slice(dataset.cases()[0], 0).target).tolist()) == {0, 1}
     assert main(["phantoms", "--task", "xray", "--cases", "0", "--out", str(tmp_path / "x")]) == 2
     assert "cases" in capsys.readouterr().err
+
+
+def test_a_case_whose_work_crashes_once_is_retried(prefect_server, small_ct_dataset, tmp_path, monkeypatch):
+    """Unexpected errors (a worker dying, a flaky disk) are retried per case by Prefect."""
+    import flows.ingest as ingest_module
+
+    real = ingest_module.ingest_case
+    attempts = tmp_path / "attempts"  # a file: Dask ships the function by value, closures are copies
+    attempts.mkdir()
+
+    def flaky(case, *args):
+        log = attempts / case.case
+        log.write_text(log.read_text() + "x" if log.exists() else "x")
+        if case.case == "ct_02" and log.read_text() == "x":
+            raise OSError("disk hiccup")
+        return real(case, *args)
+
+    monkeypatch.setattr(ingest_module, "ingest_case", flaky)
+    monkeypatch.setattr(ingest_module.ingest_case_task, "retry_delay_seconds", 0)
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:  # threads share `flaky`
+        state = ingest_module.ingest_flow(str(small_ct_dataset), store=str(tmp_path / "store"), size=32, dask_address=cluster.scheduler_address, return_state=True)
+    assert state.is_completed(), state.message
+    assert (attempts / "ct_02").read_text() == "xx" and (attempts / "ct_01").read_text() == "x"
+    assert "ct_02" in ZarrStore(tmp_path / "store").dataset("smallct").cases()

@@ -1,0 +1,75 @@
+"""The hybrid objective: masks for masked image modelling, block-causal attention for the
+autoregressive path, and the weighted smooth-L1 loss on target pixels (paper 3.3, 4.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def block_mask(
+    batch: int,
+    grid: int,
+    ratio: tuple[float, float],
+    whole_probability: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(batch, grid * grid) bool, True where a target patch is masked.
+
+    BEiT-style blocks: rectangles of random area and aspect are added until the sampled ratio
+    (uniform in `ratio`) is reached, so masked regions are contiguous, as organs are; with
+    probability `whole_probability` the whole target is masked (the inference situation).
+    """
+    masks = torch.zeros(batch, grid, grid, dtype=torch.bool)
+    total = grid * grid
+    for row in range(batch):
+        if torch.rand((), generator=generator).item() < whole_probability:
+            masks[row] = True
+            continue
+        low, high = ratio
+        wanted = int(round(total * (low + (high - low) * torch.rand((), generator=generator).item())))
+        for _ in range(100 * total):  # bounded: each try masks at least one new patch or is skipped
+            if int(masks[row].sum()) >= wanted:
+                break
+            remaining = wanted - int(masks[row].sum())
+            area = max(1.0, min(remaining, max(4.0, total * 0.1)) * (0.4 + 0.6 * torch.rand((), generator=generator).item()))
+            aspect = math.exp(math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand((), generator=generator).item())
+            height = max(1, min(grid, int(round(math.sqrt(area * aspect)))))
+            width = max(1, min(grid, int(round(math.sqrt(area / aspect)))))
+            top = int(torch.randint(0, grid - height + 1, (), generator=generator))
+            left = int(torch.randint(0, grid - width + 1, (), generator=generator))
+            masks[row, top : top + height, left : left + width] = True
+    return masks.flatten(1)
+
+
+def block_causal_mask(images: int, tokens_per_image: int, device=None) -> torch.Tensor:
+    """(N, N) bool attention mask, True = may attend: full inside an image, causal across images."""
+    image_of_token = torch.arange(images, device=device).repeat_interleave(tokens_per_image)
+    return image_of_token[:, None] >= image_of_token[None, :]
+
+
+def patch_mask_to_pixels(mask: torch.Tensor, grid: int, patch: int) -> torch.Tensor:
+    """(B, grid*grid) patch mask -> (B, 1, grid*patch, grid*patch) float pixel mask."""
+    pixels = mask.view(-1, 1, grid, grid).float()
+    return F.interpolate(pixels, scale_factor=patch, mode="nearest")
+
+
+def target_weights(target: torch.Tensor, is_segmentation: torch.Tensor, background_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights: segmentation background pixels count `background_weight` (organs are
+    small; without it the model learns to paint background), and segmentation targets with no
+    foreground at all count nothing (an empty prompt teaches no task)."""
+    seg = is_segmentation.view(-1, 1, 1, 1).to(target.dtype)
+    foreground = (target > 0).to(target.dtype)
+    weights = seg * (foreground + (1 - foreground) * background_weight) + (1 - seg)
+    empty = (foreground.flatten(1).sum(1) == 0) & is_segmentation
+    return weights * (~empty).view(-1, 1, 1, 1).to(target.dtype)
+
+
+def weighted_smooth_l1(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-sample weighted mean of smooth L1 over pixels: (B,) losses (0 where all weights are 0)."""
+    loss = F.smooth_l1_loss(prediction.float(), target.float(), beta=beta, reduction="none")
+    weighted = (loss * weights).flatten(1).sum(1)
+    return weighted / weights.flatten(1).sum(1).clamp_min(1e-6)

@@ -1,0 +1,62 @@
+"""One training step's loss: a collated batch of episodes through the MIM or AR path of the model.
+
+Each episode already says its path (`is_mim`, sampled by the episode sampler from the mix: segmentation
+100 % autoregressive, other tasks 90 % MIM). Rows of each path run together; the loss of an episode
+is the mean over its target images (prompt targets and the query target) of the weighted smooth L1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mvg.config import TASKS, ObjectiveConfig
+from mvg.model import MVG
+from mvg.objectives import block_mask, patch_mask_to_pixels, target_weights, weighted_smooth_l1
+
+
+def episode_losses(
+    model: MVG, batch: dict[str, torch.Tensor], objective: ObjectiveConfig, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B,) loss per episode."""
+    losses = torch.zeros(batch["query_image"].shape[0], device=batch["query_image"].device)
+    for is_mim in (True, False):
+        rows = torch.nonzero(batch["is_mim"] == is_mim).flatten()
+        if rows.numel():
+            losses = losses.index_put((rows,), _path_losses(model, {k: v[rows] for k, v in batch.items()}, objective, is_mim, generator))
+    return losses
+
+
+def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bool, generator) -> torch.Tensor:
+    prompt_images, prompt_targets = batch["prompt_images"], batch["prompt_targets"]
+    query_image, query_target = batch["query_image"], batch["query_target"]
+    is_segmentation = batch["is_segmentation"]
+    rows, pairs = prompt_images.shape[:2]
+    config = model.config
+    if is_mim:
+        prompt_masks = block_mask(rows * pairs, config.grid, objective.mask_ratio, 0.0, generator).view(rows, pairs, -1)
+        query_mask = block_mask(rows, config.grid, objective.mask_ratio, objective.whole_target_probability, generator)
+        device = query_image.device
+        prompt_masks, query_mask = prompt_masks.to(device), query_mask.to(device)
+        prompt_out, query_out = model.forward_mim(prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask)
+        prompt_pixels = patch_mask_to_pixels(prompt_masks.flatten(0, 1), config.grid, config.patch_size).view_as(prompt_targets)
+        query_pixels = patch_mask_to_pixels(query_mask, config.grid, config.patch_size)
+    else:
+        prompt_out, query_out = model.forward_ar(prompt_images, prompt_targets, query_image)
+        prompt_pixels, query_pixels = torch.ones_like(prompt_targets), torch.ones_like(query_target)
+
+    def loss(prediction, target, pixels):
+        weights = target_weights(target, is_segmentation, objective.background_weight) * pixels
+        return weighted_smooth_l1(prediction, target, weights, objective.smooth_l1_beta)
+
+    per_target = [loss(query_out, query_target, query_pixels)]
+    per_target += [loss(prompt_out[:, p], prompt_targets[:, p], prompt_pixels[:, p]) for p in range(pairs)]
+    return torch.stack(per_target, dim=1).mean(dim=1)
+
+
+def loss_by_task(losses: torch.Tensor, task_index: torch.Tensor) -> dict[str, float]:
+    """Mean loss per task present in the batch, for logging."""
+    return {
+        task: float(losses[task_index == index].mean())
+        for index, task in enumerate(TASKS)
+        if bool((task_index == index).any())
+    }

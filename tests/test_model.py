@@ -1,0 +1,198 @@
+"""The MVG model: shapes, block-causality, masking, the prompt cache, and that it can learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mvg.colouring import binary, random_colouring
+from mvg.config import PRESETS, preset
+from mvg.model import MVG
+from mvg.objectives import block_causal_mask, block_mask, target_weights
+from mvg.step import episode_losses
+from storage.phantoms import phantom_case
+
+torch.set_num_threads(2)
+
+
+def tiny(**model) -> MVG:
+    torch.manual_seed(0)
+    return MVG(preset("tiny-cpu").with_overrides(model=model).model if model else preset("tiny-cpu").model).eval()
+
+
+def images(batch: int, pairs: int, size: int = 64, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    return (
+        torch.rand(batch, pairs, 1, size, size, generator=generator),
+        torch.rand(batch, pairs, 1, size, size, generator=generator),
+        torch.rand(batch, 1, size, size, generator=generator),
+        torch.rand(batch, 1, size, size, generator=generator),
+    )
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_builds_and_maps_shapes(name):
+    config = preset(name).model
+    with torch.device("meta"):  # the large preset's 300M parameters cost nothing on the meta device
+        model = MVG(config)
+        size = config.image_size
+        px, py, x, y = (torch.empty(2, 2, 1, size, size), torch.empty(2, 2, 1, size, size), torch.empty(2, 1, size, size), torch.empty(2, 1, size, size))
+        prompt_out, query_out = model.forward_ar(px, py, x)
+        assert prompt_out.shape == (2, 2, 1, size, size) and query_out.shape == (2, 1, size, size)
+        masks = torch.zeros(2, 2, config.tokens_per_image, dtype=torch.bool)
+        prompt_out, query_out = model.forward_mim(px, py, x, y, masks, masks[:, 0])
+        assert prompt_out.shape == (2, 2, 1, size, size) and query_out.shape == (2, 1, size, size)
+    assert len(config.feature_blocks) == 4 and config.feature_blocks[-1] == config.depth - 1
+
+
+def test_paper_sizes_of_large():
+    config = preset("large").model
+    assert (config.embed_dim, config.depth, config.num_heads, config.patch_size, config.image_size) == (1024, 24, 16, 16, 448)
+
+
+def test_autoregressive_path_is_block_causal():
+    model = tiny()
+    px, py, x, _ = images(2, 2)
+    prompt_out, query_out = model.forward_ar(px, py, x)
+    changed_py = py.clone()
+    changed_py[:, 1] = torch.rand_like(changed_py[:, 1])
+    after_prompt, after_query = model.forward_ar(px, changed_py, x)
+    # Px_1 and Px_2 come before Py_2: their predictions must not see it; the query's must
+    assert torch.equal(after_prompt, prompt_out)
+    assert not torch.allclose(after_query, query_out)
+    after_prompt, _ = model.forward_ar(px, py, torch.rand_like(x))
+    assert torch.equal(after_prompt, prompt_out), "no prompt output may depend on the query"
+
+
+def test_block_causal_mask_structure():
+    mask = block_causal_mask(3, 2)
+    expected = torch.tensor([[1, 1, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+
+
+def test_masked_patches_are_hidden_from_the_model():
+    model = tiny()
+    config = model.config
+    px, py, x, y = images(1, 1)
+    query_mask = torch.zeros(1, config.tokens_per_image, dtype=torch.bool)
+    query_mask[0, : config.tokens_per_image // 2] = True  # the top half of the query target
+    prompt_masks = torch.zeros(1, 1, config.tokens_per_image, dtype=torch.bool)
+    _, out = model.forward_mim(px, py, x, y, prompt_masks, query_mask)
+    hidden = y.clone()
+    hidden[..., : config.image_size // 2, :] = torch.rand_like(hidden[..., : config.image_size // 2, :])
+    _, out_hidden = model.forward_mim(px, py, x, hidden, prompt_masks, query_mask)
+    assert torch.equal(out, out_hidden), "values under the mask must not reach the model"
+    visible = y.clone()
+    visible[..., -8:, :] = 1 - visible[..., -8:, :]
+    _, out_visible = model.forward_mim(px, py, x, visible, prompt_masks, query_mask)
+    assert not torch.allclose(out, out_visible)
+
+
+def test_block_mask_ratios_and_whole_targets():
+    generator = torch.Generator().manual_seed(0)
+    masks = block_mask(64, 14, (0.5, 0.75), 0.0, generator)
+    ratios = masks.float().mean(1)
+    assert masks.shape == (64, 196) and float(ratios.min()) >= 0.5 and float(ratios.max()) <= 0.8
+    assert bool(block_mask(8, 14, (0.5, 0.75), 1.0, generator).all())
+    # blocks, not salt and pepper: most masked patches have a masked neighbour
+    grid = masks[0].view(14, 14)
+    neighbours = grid[1:, :] & grid[:-1, :]
+    assert neighbours.sum() > 0.5 * grid[1:, :].sum()
+
+
+@pytest.mark.parametrize("pairs", [1, 2])
+def test_prompt_cache_equals_reencoding(pairs):
+    model = tiny()
+    px, py, x, _ = images(3, pairs)
+    px[1:], py[1:] = px[0], py[0]  # rows 1 and 2 share row 0's prompts: one encoding serves them
+    cached = model.predict(x, px, py, task="segmentation")
+    naive = model.predict_uncached(x, px, py)
+    assert cached.shape == (3, 1, 64, 64)
+    assert torch.allclose(cached, naive, atol=1e-5)
+    assert float(cached.min()) >= 0 and float(cached.max()) <= 1
+
+
+def test_predict_rejects_mismatched_prompts():
+    model = tiny()
+    px, py, x, _ = images(2, 1)
+    with pytest.raises(ValueError, match="do not agree"):
+        model.predict(x, px, py[:, :, :, :32], task="synthesis")
+    with pytest.raises(ValueError, match="unknown task"):
+        model.predict(x, px, py, task="colouring-in")
+
+
+def test_loss_weights_skip_empty_segmentation_targets():
+    target = torch.zeros(3, 1, 4, 4)
+    target[0, 0, 0, 0] = 0.5
+    weights = target_weights(target, torch.tensor([True, True, False]), background_weight=0.1)
+    assert weights[0, 0, 0, 0] == 1 and weights[0, 0, 1, 1] == pytest.approx(0.1)
+    assert float(weights[1].sum()) == 0, "an empty segmentation target teaches nothing"
+    assert bool((weights[2] == 1).all()), "image targets weigh every pixel"
+
+
+# --------------------------------------------------------------------------- learning
+
+
+def phantom_episodes(size: int = 64) -> dict[str, torch.Tensor]:
+    """A handful of real-looking episodes of each task from the phantoms, no store needed."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for task, index in (("segmentation", 0), ("segmentation", 2), ("synthesis", 0), ("denoising", 0)):
+        prompt = phantom_case(task, index, size=size, slices=12)
+        query = phantom_case(task, index + 1, size=size, slices=12)
+        z = 6
+        if task == "segmentation":
+            ct = lambda case: np.clip((case.channels[0][:, :, z].astype(np.float32) + 100) / 300, 0, 1)
+            labels_p, labels_q = prompt.label[:, :, z], query.label[:, :, z]
+            if index == 0:  # multi-class, random levels
+                colouring = random_colouring(sorted((set(np.unique(labels_p)) | set(np.unique(labels_q))) - {0}), rng)
+            else:  # binary: the largest organ of the query against the rest
+                colouring = binary(int(np.bincount(labels_q.ravel())[1:].argmax() + 1))
+            rows.append((ct(prompt), colouring.colour(labels_p), ct(query), colouring.colour(labels_q), True, False, colouring, labels_q))
+        else:
+            norm = lambda a: np.clip((a - np.percentile(a, 0.5)) / (np.percentile(a, 99.5) - np.percentile(a, 0.5) + 1e-6), 0, 1)
+            window = (lambda a: np.clip((a.astype(np.float32) + 100) / 300, 0, 1)) if task == "denoising" else norm
+            pair = lambda case: (window(case.channels[0][:, :, z].astype(np.float32)), window(case.channels[1][:, :, z].astype(np.float32)))
+            (pi, pt), (qi, qt) = pair(prompt), pair(query)
+            rows.append((pi, pt, qi, qt, False, task == "synthesis", None, None))
+    tensor = lambda values: torch.tensor(np.stack(values), dtype=torch.float32)
+    return {
+        "prompt_images": tensor([r[0] for r in rows])[:, None, None],
+        "prompt_targets": tensor([r[1] for r in rows])[:, None, None],
+        "query_image": tensor([r[2] for r in rows])[:, None],
+        "query_target": tensor([r[3] for r in rows])[:, None],
+        "is_segmentation": torch.tensor([r[4] for r in rows]),
+        "is_mim": torch.tensor([r[5] for r in rows]),
+        "colourings": [r[6] for r in rows],
+        "labels": [r[7] for r in rows],
+    }
+
+
+@pytest.mark.slow
+def test_tiny_model_overfits_phantom_episodes():
+    torch.manual_seed(0)
+    config = preset("tiny-cpu")
+    model = MVG(config.model).train()
+    data = phantom_episodes(config.model.image_size)
+    batch = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(0)
+    objective = config.objective
+    first = None
+    for step in range(600):
+        loss = episode_losses(model, batch, objective, generator).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        first = first if first is not None else float(loss.detach())
+    final = float(episode_losses(model.eval(), batch, objective, generator).mean())
+    assert final < first / 10, (first, final)
+    prediction = model.predict(batch["query_image"], batch["prompt_images"], batch["prompt_targets"], "segmentation")
+    row = 1  # the binary episode: its organ decoded back to labels
+    colouring = data["colourings"][row]
+    decoded = colouring.decode(prediction[row, 0].numpy(), batch["prompt_targets"][row, 0, 0].numpy())
+    organ = next(iter(colouring.levels))
+    truth = data["labels"][row] == organ
+    iou = ((decoded == organ) & truth).sum() / ((decoded == organ) | truth).sum()
+    assert iou > 0.9, iou

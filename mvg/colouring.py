@@ -39,7 +39,7 @@ class Colouring:
         lookup = np.zeros(int(max(labels.max(initial=0), max(self.levels, default=0))) + 1, dtype=np.float32)
         for value, level in self.levels.items():
             lookup[value] = level
-        return lookup[labels]
+        return np.take(lookup, labels)
 
     def decode(self, prediction: np.ndarray, prompt_target: np.ndarray) -> np.ndarray:
         """Predicted target image -> class ids, by nearest level among background and the levels
@@ -49,8 +49,9 @@ class Colouring:
         for value, level in self.levels.items():
             if np.any(np.isclose(present, level, atol=1e-3)):
                 candidates[level] = value
-        levels = np.array(sorted(candidates), dtype=np.float32)
-        classes = np.array([candidates[level] for level in levels], dtype=np.int64)
+        ordered = sorted(candidates)  # python floats: float32 copies would miss the dict's keys
+        levels = np.array(ordered, dtype=np.float32)
+        classes = np.array([candidates[level] for level in ordered], dtype=np.int64)
         nearest = np.abs(prediction.astype(np.float32)[..., None] - levels).argmin(axis=-1)
         return classes[nearest]
 

@@ -436,7 +436,7 @@ def keep_freed_memory(limit_mb: int = 512) -> bool:
     An episode allocates and frees a few MB of crop-sized arrays; by default glibc returns them to
     the kernel (munmap / heap trim) and every new array page-faults its memory in afresh, which
     measured 2.5x slower for a bilinear 448 x 448 resize (3.7 vs 1.4 ms per image; the same effect
-    DESIGN.md notes for Dask's MALLOC_TRIM_THRESHOLD_). A loader worker does nothing else, so
+    storage/ingest.py notes for Dask's MALLOC_TRIM_THRESHOLD_). A loader worker does nothing else, so
     EpisodeStream calls this in its workers; call it yourself to sample in-process.
     No-op (False) off glibc."""
     try:

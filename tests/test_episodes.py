@@ -154,12 +154,7 @@ def test_same_class_same_level_in_prompt_and_query(store, scheme):
         assert any(len(levels) > 1 for levels in levels_seen.values())
 
 
-DECODE_BUG = "Colouring.decode looks float32 levels up in a dict keyed by float64 levels (non-dyadic levels miss)"
-
-
-@pytest.mark.parametrize(
-    "scheme", ["random", pytest.param("predefined", marks=pytest.mark.xfail(raises=KeyError, strict=True, reason=DECODE_BUG)), "binary"]
-)
+@pytest.mark.parametrize("scheme", ["random", "predefined", "binary"])
 def test_decoding_by_the_prompt_gives_the_query_classes_back(store, scheme):
     source = sampler(store, replace(DATA, prompts=2), replace(OBJECTIVE, colouring=scheme), datasets=["segmentation", "depths"])
     checked = 0

@@ -186,7 +186,8 @@ def test_tiny_model_overfits_phantom_episodes():
         loss.backward()
         optimizer.step()
         first = first if first is not None else float(loss.detach())
-    final = float(episode_losses(model.eval(), batch, objective, generator).mean())
+    with torch.no_grad():
+        final = float(episode_losses(model.eval(), batch, objective, generator).mean())
     assert final < first / 10, (first, final)
     prediction = model.predict(batch["query_image"], batch["prompt_images"], batch["prompt_targets"], "segmentation")
     row = 1  # the binary episode: its organ decoded back to labels

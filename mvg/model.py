@@ -25,7 +25,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from mvg.config import TASKS, ModelConfig
+from mvg.config import TASKS, ModelConfig, MVGConfig
 from mvg.objectives import block_causal_mask
 
 IMAGE, TARGET = 0, 1  # role embeddings
@@ -67,8 +67,9 @@ class PromptCache:
 
 
 class MVG(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig | MVGConfig):
         super().__init__()
+        config = config.model if isinstance(config, MVGConfig) else config  # `MVG(preset("base"))` works too
         self.config = config
         dim = config.embed_dim
         self.patch_embed = PatchEmbed(

@@ -23,7 +23,8 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m benchmarks.model
 
 clean:
 	rm -rf $(VENV) mvg-home .pytest_cache

@@ -1,6 +1,6 @@
 """Ingest throughput and random slice reads, each beside its baseline measured in the same run.
 
-    python benchmarks/ingest.py [--cases 20] [--size 512] [--slices 100] [--out benchmarks/results/ingest.json]
+    python -m benchmarks.ingest [--cases 20] [--size 512] [--slices 100] [--out benchmarks/results/ingest.json]
 
 Figures (decoded-voxel MB/s = bytes of decoded source image + label voxels per second):
 - limit:       nibabel decode alone, one process (the per-worker yardstick);
@@ -16,11 +16,7 @@ Figures (decoded-voxel MB/s = bytes of decoded source image + label voxels per s
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import random
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +24,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from benchmarks.common import machine, scratch, write_result
 from storage.ingest import IngestOptions, dask_client, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import write_phantoms
@@ -118,8 +115,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/ingest.json"))
     args = parser.parse_args()
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="mvg-bench-"))
-    try:
+    with scratch(args.work, "mvg-bench-") as work:
         source = work / "phantoms"
         if not (source / "dataset.json").exists():
             print(f"writing {args.cases} phantom volumes {args.size}x{args.size}x{args.slices} ...")
@@ -128,7 +124,7 @@ def main() -> None:
         decode_s, decoded = decode_only(plan.cases)
         mb = decoded / 1e6
         results: dict = {
-            "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+            "machine": machine(),
             "dataset": {"cases": args.cases, "shape": [args.size, args.size, args.slices], "decoded_mb": mb},
             "limit_decode_only": {"seconds": decode_s, "mb_per_s": mb / decode_s},
         }
@@ -163,12 +159,7 @@ def main() -> None:
         }
         results["random_reads"] = random_reads(work / "store-w1", plan.spec.name, png_root, args.reads)
         print(f"reads: store {results['random_reads']['store_slices_per_s']:.0f}/s vs png {results['random_reads']['png_slices_per_s']:.0f}/s")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
-        print(f"wrote {args.out}")
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        write_result(args.out, results)
 
 
 if __name__ == "__main__":

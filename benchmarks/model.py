@@ -1,6 +1,6 @@
 """Model figures, each beside its baseline measured in the same run.
 
-    python benchmarks/model.py [--out benchmarks/results/model.json]
+    python -m benchmarks.model [--out benchmarks/results/model.json]
 
 - train_step:  episodes/s of one `tiny-cpu` training step (forward, loss, backward, AdamW) on CPU,
                on batches drawn by the episode sampler from phantom stores of every task;
@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from benchmarks.common import machine, scratch, write_result
 from mvg.config import preset
 from mvg.episodes import EpisodeSampler, PngEpisodeSource, collate, export_pngs
 from mvg.model import MVG
@@ -127,9 +124,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed after)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/model.json"))
     args = parser.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="mvg-bench-model-"))
-    try:
-        results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}}
+    with scratch(args.work, "mvg-bench-model-") as work:
+        results: dict = {"machine": {**machine(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}}
         small = build_stores(work, size=128, cases=4, slices=16)
         print("train step ...")
         results["train_step"] = train_step_rate(small)
@@ -145,12 +141,7 @@ def main() -> None:
         results["inference"] = inference_rates()
         print(json.dumps(results["inference"]))
         results["gpu"] = "no GPU in this run: the large-preset step, its MFU and the loader against GPU consumption are not measured"
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=1))
-        print(f"wrote {args.out}")
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        write_result(args.out, results)
 
 
 if __name__ == "__main__":

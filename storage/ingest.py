@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from storage import preprocess
-from storage.catalog import Catalog, CaseRecord
+from storage.catalog import CaseRecord
 from storage.layouts import CaseSource, DatasetPlan, SourceFile
 from storage.readers import ReadError, Scan, read_scan
 from storage.specs import DatasetSpec

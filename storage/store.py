@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from storage.catalog import Catalog, CaseRecord
+from storage.catalog import CaseRecord, Catalog
 from storage.geometry import Geometry
 from storage.shards import SliceReader, UnsupportedLayout, write_shard
 from storage.specs import DatasetSpec

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +114,7 @@ def test_killed_ingest_finishes_on_rerun_without_duplicates(tmp_path):
     assert sorted(dataset.cases()) == sorted(cases)
     assert sorted(p.name for p in directory.iterdir() if p.is_dir()) == sorted(cases)
     assert not any((store / STAGING).rglob("*.*")), "no staging debris left"
-    for case, (_, labels) in cases.items():
+    for case in cases:
         volume = dataset.read_volume(case)
         assert volume.image.shape == (48, 256, 256) and np.isfinite(volume.image).all()
         assert set(np.unique(volume.target).tolist()) == {0, 1, 2}

@@ -134,27 +134,36 @@ def test_loss_weights_skip_empty_segmentation_targets():
 # --------------------------------------------------------------------------- learning
 
 
+def _ct_window(slice_hu: np.ndarray) -> np.ndarray:
+    return np.clip((slice_hu.astype(np.float32) + 100) / 300, 0, 1)
+
+
+def _percentile_clip(image: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(image, (0.5, 99.5))
+    return np.clip((image.astype(np.float32) - low) / (high - low + 1e-6), 0, 1)
+
+
 def phantom_episodes(size: int = 64) -> dict[str, torch.Tensor]:
     """A handful of real-looking episodes of each task from the phantoms, no store needed."""
     rng = np.random.default_rng(0)
     rows = []
+    z = 6  # a middle slice of 12
     for task, index in (("segmentation", 0), ("segmentation", 2), ("synthesis", 0), ("denoising", 0)):
         prompt = phantom_case(task, index, size=size, slices=12)
         query = phantom_case(task, index + 1, size=size, slices=12)
-        z = 6
         if task == "segmentation":
-            ct = lambda case: np.clip((case.channels[0][:, :, z].astype(np.float32) + 100) / 300, 0, 1)
             labels_p, labels_q = prompt.label[:, :, z], query.label[:, :, z]
             if index == 0:  # multi-class, random levels
                 colouring = random_colouring(sorted((set(np.unique(labels_p)) | set(np.unique(labels_q))) - {0}), rng)
             else:  # binary: the largest organ of the query against the rest
                 colouring = binary(int(np.bincount(labels_q.ravel())[1:].argmax() + 1))
-            rows.append((ct(prompt), colouring.colour(labels_p), ct(query), colouring.colour(labels_q), True, False, colouring, labels_q))
+            rows.append((
+                _ct_window(prompt.channels[0][:, :, z]), colouring.colour(labels_p),
+                _ct_window(query.channels[0][:, :, z]), colouring.colour(labels_q), True, False, colouring, labels_q,
+            ))
         else:
-            norm = lambda a: np.clip((a - np.percentile(a, 0.5)) / (np.percentile(a, 99.5) - np.percentile(a, 0.5) + 1e-6), 0, 1)
-            window = (lambda a: np.clip((a.astype(np.float32) + 100) / 300, 0, 1)) if task == "denoising" else norm
-            pair = lambda case: (window(case.channels[0][:, :, z].astype(np.float32)), window(case.channels[1][:, :, z].astype(np.float32)))
-            (pi, pt), (qi, qt) = pair(prompt), pair(query)
+            scale = _ct_window if task == "denoising" else _percentile_clip
+            pi, pt, qi, qt = (scale(case.channels[c][:, :, z]) for case in (prompt, query) for c in (0, 1))
             rows.append((pi, pt, qi, qt, False, task == "synthesis", None, None))
     tensor = lambda values: torch.tensor(np.stack(values), dtype=torch.float32)
     return {
@@ -180,7 +189,7 @@ def test_tiny_model_overfits_phantom_episodes():
     generator = torch.Generator().manual_seed(0)
     objective = config.objective
     first = None
-    for step in range(600):
+    for _ in range(600):
         loss = episode_losses(model, batch, objective, generator).mean()
         optimizer.zero_grad()
         loss.backward()

@@ -9,8 +9,8 @@ import zarr
 from storage.catalog import CaseRecord
 from storage.geometry import planar_geometry
 from storage.shards import SliceReader, UnsupportedLayout
-from storage.store import Codec, StoredDataset, prepare_dataset, write_case
 from storage.specs import DatasetSpec
+from storage.store import Codec, StoredDataset, prepare_dataset, write_case
 
 
 def record(case: str, depth: int, roles: list[str]) -> CaseRecord:

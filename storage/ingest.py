@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -354,7 +354,6 @@ def ingest(
     root: str | Path,
     client,
     options: IngestOptions = IngestOptions(),
-    on_result: Callable[[CaseResult], None] | None = None,
     retries: int = 2,
 ) -> IngestReport:
     """Ingest every planned case on `client` (a distributed.Client); plain Dask, no orchestrator."""
@@ -373,6 +372,4 @@ def ingest(
         except Exception as error:  # noqa: BLE001 - a crashed task (killed worker...) fails its case only
             result = CaseResult(cases[future], "failed", f"{type(error).__name__}: {error}")
         writer.add(result)
-        if on_result:
-            on_result(result)
     return writer.finish()

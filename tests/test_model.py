@@ -190,14 +190,15 @@ def test_tiny_model_overfits_phantom_episodes():
     objective = config.objective
     first = None
     for _ in range(600):
-        loss = episode_losses(model, batch, objective, generator).mean()
+        losses = episode_losses(model, batch, objective, generator)
         optimizer.zero_grad()
-        loss.backward()
+        losses.mean().backward()
         optimizer.step()
-        first = first if first is not None else float(loss.detach())
+        first = first if first is not None else losses.detach()
     with torch.no_grad():
-        final = float(episode_losses(model.eval(), batch, objective, generator).mean())
-    assert final < first / 10, (first, final)
+        final = episode_losses(model.eval(), batch, objective, generator)
+    # every episode -- segmentation (AR), synthesis (MIM), denoising (AR) -- is learnt, not just on average
+    assert bool((final < first / 10).all()), (first, final)
     prediction = model.predict(batch["query_image"], batch["prompt_images"], batch["prompt_targets"], "segmentation")
     row = 1  # the binary episode: its organ decoded back to labels
     colouring = data["colourings"][row]

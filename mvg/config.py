@@ -6,6 +6,7 @@ paper's ViT-L/16 at 448 px crops (section 4.1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 
 TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
@@ -33,9 +34,9 @@ class ModelConfig:
 
     @property
     def feature_blocks(self) -> tuple[int, ...]:
-        """Four evenly spaced blocks whose outputs feed the decoder (the last one included)."""
-        step = self.depth / 4
-        return tuple(int(round(step * (i + 1))) - 1 for i in range(4))
+        """Four evenly spaced blocks whose outputs feed the decoder, the last one included
+        (ViT-L: 5, 11, 17, 23); shallow test models repeat blocks rather than index before the first."""
+        return tuple(max(0, math.ceil(self.depth * (i + 1) / 4) - 1) for i in range(4))
 
 
 @dataclass(frozen=True)

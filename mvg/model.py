@@ -103,14 +103,13 @@ class MVG(nn.Module):
     def encode(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """Run the blocks; return the normalised features of the four decoder blocks, concatenated."""
         features = []
-        selected = iter(zip(self.config.feature_blocks, self.feature_norms))
-        index, norm = next(selected)
         for depth, block in enumerate(self.blocks):
             tokens = block(tokens, attn_mask=attn_mask)
-            if depth == index:
-                features.append(norm(tokens))
-                index, norm = next(selected, (None, None))
+            features += self._features_at(depth, tokens)
         return torch.cat(features, dim=-1)
+
+    def _features_at(self, depth: int, tokens: torch.Tensor) -> list[torch.Tensor]:
+        return [norm(tokens) for index, norm in zip(self.config.feature_blocks, self.feature_norms) if index == depth]
 
     def decode(self, features: torch.Tensor, image: int) -> torch.Tensor:
         tokens = self.config.tokens_per_image
@@ -185,11 +184,9 @@ class MVG(nn.Module):
         """Query images (B, 1, H, W) against cached prompts (batch 1 or B) -> (B, 1, H, W) in [0, 1]."""
         tokens = self.embed(query, IMAGE, cache.pairs)
         features = []
-        selected = dict(zip(self.config.feature_blocks, self.feature_norms))
         for depth, block in enumerate(self.blocks):
             tokens = _block_with_prefix(block, tokens, cache.keys[depth], cache.values[depth])
-            if depth in selected:
-                features.append(selected[depth](tokens))
+            features += self._features_at(depth, tokens)
         return self.decoder(torch.cat(features, dim=-1)).clamp(0, 1)
 
     @torch.no_grad()

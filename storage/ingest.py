@@ -51,10 +51,6 @@ class CaseResult:
     seconds: float = 0.0
     decoded_bytes: int = 0  # bytes of decoded source voxels, for throughput figures
 
-    @property
-    def ok(self) -> bool:
-        return self.status != "failed"
-
     def row(self) -> dict:
         record = self.record
         return {

@@ -233,7 +233,7 @@ def _nnunet_folder(images: Path, labels: Path, ending: str, split: str, plan: Da
             plan.problems.append(CaseProblem(case, f"{images}: channel files {sorted(files)} are not 0..{len(files) - 1}"))
             continue
         label = labels / f"{case}{ending}"
-        needs_label = plan.spec.target_channel is None or plan.spec.label_role == "mask"
+        needs_label = plan.spec.label_role != "ignore"
         has_labels_folder = labels.is_dir()
         cases.append(
             CaseSource(

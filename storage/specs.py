@@ -64,11 +64,6 @@ class DatasetSpec:
     def label_role(self) -> str:
         return LABEL_ROLE_BY_TASK[self.task]
 
-    @property
-    def labels_integer(self) -> bool:
-        """True when the stored target is a label map rather than an image."""
-        return self.target_channel is None
-
     def with_overrides(self, **changes) -> DatasetSpec:
         return replace(self, **changes)
 
@@ -188,9 +183,6 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
         ),
     )
 }
-
-PAPER_DATASETS = tuple(name for name, spec in BUILTIN_SPECS.items() if spec.paper_cases is not None)
-
 
 def get_spec(name: str) -> DatasetSpec:
     try:

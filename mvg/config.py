@@ -68,7 +68,8 @@ class OptimConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 500
     steps: int = 10_000
-    batch_size: int = 32
+    batch_size: int = 32  # episodes per worker per micro-batch
+    accumulate: int = 1  # micro-batches per optimizer step: the global batch is batch_size x accumulate x workers
     grad_clip: float = 3.0
     bf16: bool = True  # autocast on CUDA only
 

@@ -8,6 +8,7 @@ is the mean over its target images (prompt targets and the query target) of the 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from mvg.config import TASKS, ObjectiveConfig
 from mvg.model import MVG
@@ -51,6 +52,21 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
     per_target = [loss(query_out, query_target, query_pixels)]
     per_target += [loss(prompt_out[:, p], prompt_targets[:, p], prompt_pixels[:, p]) for p in range(pairs)]
     return torch.stack(per_target, dim=1).mean(dim=1)
+
+
+class HybridObjective(nn.Module):
+    """The model with its training objective as `forward`: what DistributedDataParallel wraps.
+
+    DDP synchronises gradients only through the wrapped module's `forward`, and MVG has two
+    training paths (`forward_mim`, `forward_ar`) plus inference; this module gives the whole
+    step one entry point."""
+
+    def __init__(self, model: MVG, objective: ObjectiveConfig):
+        super().__init__()
+        self.model, self.objective = model, objective
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        return episode_losses(self.model, batch, self.objective, generator)
 
 
 def loss_by_task(losses: torch.Tensor, task_index: torch.Tensor) -> dict[str, float]:

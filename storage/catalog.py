@@ -7,6 +7,7 @@ replaced atomically, so a reader never sees a half-written catalog.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -69,6 +70,13 @@ class Catalog:
             "slices": sum(r.slices for r in self.cases.values()),
             "classes": sorted({c for r in self.cases.values() for c in r.classes}),
         }
+
+    def version(self) -> str:
+        """A short fingerprint of what the dataset holds: which cases, on which side of the split,
+        from which source checksums, made by which recipe. Training runs record it, so a model
+        names the exact data it learnt from; re-ingesting unchanged sources keeps it."""
+        content = [(c, r.split, r.checksum, r.recipe) for c, r in sorted(self.cases.items())]
+        return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
 
     def to_dict(self) -> dict:
         return {

@@ -47,6 +47,20 @@ def dask_cluster():
         yield client
 
 
+@pytest.fixture(scope="session")
+def phantom_store(tmp_path_factory, dask_cluster) -> Path:
+    """A small store of segmentation and synthesis phantoms (4 cases of 12 slices each, 80 px)."""
+    from storage.ingest import IngestOptions, ingest
+    from storage.layouts import plan_dataset
+    from storage.phantoms import write_phantoms
+
+    root = tmp_path_factory.mktemp("phantom-store")
+    for task in ("segmentation", "synthesis"):
+        source = write_phantoms(task, root / f"phantom-{task}", cases=4, seed=0, size=64, slices=12)
+        ingest(plan_dataset(source), root / "store", dask_cluster, IngestOptions(size=80))
+    return root / "store"
+
+
 def ct_case(seed: int, shape=(48, 40, 12)) -> tuple[np.ndarray, np.ndarray]:
     """A small CT-like volume in HU with two labelled blobs whose position depends on the seed."""
     rng = np.random.default_rng(seed)

@@ -65,6 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--preview", type=Path, metavar="DIR", help="also write a PNG montage per dataset to DIR")
     store.set_defaults(run=run_store)
 
+    train = commands.add_parser("train", help="train on the store with Ray Train; register model `mvg` as @candidate")
+    train.add_argument("--preset", default="tiny-cpu", help="config preset: tiny-cpu, base, large")
+    train.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    train.add_argument("--workers", type=int, default=1, help="Ray Train workers (one DDP rank each)")
+    train.add_argument("--gpus-per-worker", type=float, default=0.0)
+    train.add_argument("--cpus-per-worker", type=int, help="default: this machine's cores / workers")
+    train.add_argument("--max-steps", type=int, help="optimizer steps of the run (the schedule's length)")
+    train.add_argument("--stop-at", type=int, help="stop early at this step; the same --run-name goes on later")
+    train.add_argument("--run-name", help="MLflow and Ray run name; an existing one resumes (default: preset-time)")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="config override, e.g. --set optim.lr=3e-4 --set model.depth=6 (repeatable)")
+    train.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (the most a failure loses)")
+    train.add_argument("--log-every", type=int, default=10, help="steps between MLflow metric rows")
+    train.add_argument("--sample-every", type=int, default=100, help="steps between sample-prediction images; 0: none")
+    train.set_defaults(run=run_train)
+
     demo = commands.add_parser("demo", help="generate phantom datasets, ingest them, summarise the store")
     demo.add_argument("--cases", type=int, default=8)
     demo.add_argument("--size", type=int, default=128, help="phantom and store in-plane size")
@@ -126,6 +142,43 @@ def run_ingest(args) -> int:
     print_table(("case", "split", "slices", "classes", "status", "reason"), [tuple(map(str, r.values())) for r in summary["rows"]])
     print(f"{summary['dataset']}: {summary['ingested']} ingested, {summary['skipped']} unchanged, {summary['failed']} failed -> {summary['directory']}")
     return 1 if summary["failed"] else 0
+
+
+def parse_overrides(assignments: list[str], max_steps: int | None = None) -> dict[str, dict]:
+    """["optim.lr=3e-4", "model.depth=6"] -> {"optim": {"lr": 0.0003}, "model": {"depth": 6}}; values
+    are read as JSON where they parse (numbers, booleans, lists), else kept as strings."""
+    overrides: dict[str, dict] = {}
+    for assignment in assignments:
+        key, equals, raw = assignment.partition("=")
+        section, dot, name = key.partition(".")
+        if not equals or not dot or not name:
+            raise ValueError(f"--set {assignment!r}: expected SECTION.KEY=VALUE, e.g. optim.lr=3e-4")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides.setdefault(section, {})[name] = value
+    if max_steps is not None:
+        overrides.setdefault("optim", {})["steps"] = max_steps
+    return overrides
+
+
+def run_train(args) -> int:
+    from flows.train import train_flow
+
+    cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
+    try:
+        overrides = parse_overrides(args.set, args.max_steps)
+        summary = train_flow(
+            preset=args.preset, overrides=overrides, store=str(args.store or store_root()), workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker, cpus_per_worker=cpus, run_name=args.run_name, stop_at=args.stop_at,
+            checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
+        )
+    except TypeError as error:  # an override naming a field the config does not have
+        raise ValueError(str(error)) from None
+    if "model_uri" in summary:
+        print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
+    return 0
 
 
 def run_store(args) -> int:

@@ -1,0 +1,121 @@
+"""Prefect flow `train`: a config preset + overrides -> a Ray Train run tracked in MLflow -> the
+registered model `mvg` with alias `candidate`.
+
+The flow opens the MLflow run (found again by name, so re-running a run name resumes it), runs the
+trainer on Ray (local, or the cluster at RAY_ADDRESS), logs the trained model into the run, registers
+it and publishes a markdown artifact with the run link, the final losses and the model version.
+A run that already finished and registered its model is not trained or registered twice.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mvg.config import preset as preset_config
+from mvg.distributed import FitOutcome, Scaling, TrainJob, fit, load_trained
+from mvg.pyfunc import log_mvg_model
+from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
+from storage.home import mvg_home, store_root
+
+REGISTERED_MODEL = "mvg"
+
+
+@task(cache_policy=NO_CACHE)
+def fit_task(job: TrainJob) -> FitOutcome:
+    # no Prefect retries: Ray's FailureConfig restarts failed workers from the newest checkpoint
+    return fit(job)
+
+
+@task(cache_policy=NO_CACHE)
+def register_task(run: TrackedRun, outcome: FitOutcome, name: str, alias: str) -> dict:
+    """Log the checkpoint's model into the run and register it, unless this run already
+    registered the model of this very step (a re-run of a finished run)."""
+    existing = registered_version(run.tracking_uri, name, run.run_id, outcome.step)
+    if existing is not None:
+        client(run.tracking_uri).set_registered_model_alias(name, alias, existing)
+        return {"name": name, "version": existing, "model_uri": f"models:/{name}/{existing}", "reused": True}
+    model, config, step = load_trained(outcome.checkpoint)
+    version = log_mvg_model(model, config, run.run_id, registered_name=name, alias=alias, uri=run.tracking_uri, step=step)
+    return {"name": name, "version": version.version, "model_uri": version.model_uri, "reused": False}
+
+
+def summary_markdown(run: TrackedRun, outcome: FitOutcome, model: dict, alias: str) -> str:
+    losses = "\n".join(f"| {key} | {value:.4f} |" for key, value in sorted(outcome.metrics.items()) if key.startswith("loss"))
+    return (
+        f"# Training run `{run.name}`\n\n"
+        f"MLflow run: [{run.run_id}]({run.link}) (tracking `{run.tracking_uri}`)\n\n"
+        f"Trained to step **{outcome.step}**; checkpoint `{outcome.checkpoint}`.\n\n"
+        f"Registered model **{model['name']}** version **{model['version']}** as `@{alias}`"
+        f"{' (already registered by this run)' if model['reused'] else ''}: `models:/{model['name']}@{alias}`\n\n"
+        f"| final loss | value |\n| --- | --- |\n{losses}\n"
+    )
+
+
+@flow(name="train", log_prints=True)
+def train_flow(
+    preset: str = "tiny-cpu",
+    overrides: dict[str, dict] | None = None,
+    store: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    cpus_per_worker: int = 1,
+    run_name: str | None = None,
+    stop_at: int | None = None,
+    checkpoint_every: int = 50,
+    log_every: int = 10,
+    sample_every: int = 100,
+    max_failures: int = 3,
+    seed: int = 0,
+    alias: str = "candidate",
+) -> dict:
+    """Train `preset` with `overrides` ({"optim": {"steps": 200}, ...}) on every dataset of the
+    store; `stop_at` stops early (the same run name later goes on from there)."""
+    config = preset_config(preset).with_overrides(**(overrides or {}))
+    stores = (str(Path(store) if store else store_root()),)
+    run_name = run_name or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = open_run(run_name, params=config.to_dict())
+    print(f"MLflow run {run.name} ({'resumed' if run.resumed else 'new'}): {run.link}")
+    job = TrainJob(
+        config,
+        stores,
+        run_name,
+        str(mvg_home() / "ray"),
+        Scaling(workers, gpus_per_worker, cpus_per_worker),
+        stop_at=stop_at,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        sample_every=sample_every,
+        max_failures=max_failures,
+        seed=seed,
+        tracking_uri=run.tracking_uri,
+        mlflow_run_id=run.run_id,
+        tags={"git_commit": git_commit(), **store_versions(stores)},
+    )
+    mlflow = client(run.tracking_uri)
+    try:
+        outcome = fit_task(job)
+    except BaseException:
+        mlflow.set_terminated(run.run_id, status="FAILED")
+        raise
+    if outcome.step < config.optim.steps:  # stopped early on purpose: the run goes on later
+        mlflow.set_terminated(run.run_id, status="KILLED")
+        print(f"stopped at step {outcome.step} of {config.optim.steps}; run again with --run-name {run_name} to go on")
+        return {"run_name": run_name, "run_id": run.run_id, "step": outcome.step, "checkpoint": str(outcome.checkpoint)}
+    model = register_task(run, outcome, REGISTERED_MODEL, alias)
+    mlflow.set_terminated(run.run_id, status="FINISHED")
+    markdown = summary_markdown(run, outcome, model, alias)
+    create_markdown_artifact(key="train-summary", markdown=markdown, description=f"training run {run_name}")
+    print(markdown)
+    return {
+        "run_name": run_name,
+        "run_id": run.run_id,
+        "step": outcome.step,
+        "checkpoint": str(outcome.checkpoint),
+        "metrics": outcome.metrics,
+        **{f"model_{key}": value for key, value in model.items()},
+    }

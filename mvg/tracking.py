@@ -1,0 +1,151 @@
+"""MLflow for training runs: where tracking lives, the run a flow opens, and what rank 0 logs into it.
+
+Tracking defaults to SQLite under MVG_HOME with artifacts beside it; `MLFLOW_TRACKING_URI` points
+everything at a server instead. A run is found again by its name, so re-running with the same
+run name continues the same MLflow run (and Ray run) instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+
+from storage.home import mvg_home
+from storage.store import ZarrStore
+
+EXPERIMENT = "mvg"
+MAX_BATCH = 100  # params per log_batch call (MLflow's limit)
+
+
+def tracking_uri(home: str | Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mvg_home(home) / 'mlflow.db'}"
+
+
+def client(uri: str | None = None) -> MlflowClient:
+    uri = uri or tracking_uri()
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(mlflow: MlflowClient, name: str = EXPERIMENT, home: str | Path | None = None) -> str:
+    """The experiment's id, created on first use. With a local SQLite backend its artifacts go
+    beside the database (MLflow's own default is ./mlruns under whatever directory it runs in);
+    a tracking server keeps its own artifact root."""
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if mlflow.tracking_uri.startswith("sqlite:"):
+        location = (mvg_home(home) / "mlartifacts").resolve().as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    tracking_uri: str
+    run_id: str
+    name: str
+    resumed: bool  # the run existed before: this launch continues it
+
+    @property
+    def link(self) -> str:
+        run = client(self.tracking_uri).get_run(self.run_id)
+        base = self.tracking_uri if self.tracking_uri.startswith("http") else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{self.run_id}"
+
+
+def open_run(name: str, params: Mapping[str, object] = {}, experiment: str = EXPERIMENT, uri: str | None = None) -> TrackedRun:
+    """The run called `name`, created if new. Continuing a run with different parameters is
+    refused (MLflow keeps one value per parameter), naming the first difference."""
+    uri = uri or tracking_uri()
+    mlflow = client(uri)
+    experiment_id = ensure_experiment(mlflow, experiment)
+    escaped = name.replace("'", "\\'")
+    found = mlflow.search_runs([experiment_id], f"attributes.run_name = '{escaped}'", max_results=1)
+    if not found:
+        run = mlflow.create_run(experiment_id, run_name=name)
+        return TrackedRun(uri, run.info.run_id, name, resumed=False)
+    run = found[0]
+    for key, value in flatten(params).items():
+        if key in run.data.params and run.data.params[key] != value:
+            raise ValueError(
+                f"run {name!r} was started with {key}={run.data.params[key]}, not {value}: "
+                "resume it with the same settings, or choose another run name"
+            )
+    if run.info.status != "RUNNING":
+        mlflow.update_run(run.info.run_id, status="RUNNING")
+    return TrackedRun(uri, run.info.run_id, name, resumed=True)
+
+
+def flatten(values: Mapping[str, object], prefix: str = "") -> dict[str, str]:
+    """{"model": {"depth": 4}} -> {"model.depth": "4"}: MLflow params are flat strings."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = str(value)
+    return flat
+
+
+def git_commit(directory: str | Path | None = None) -> str:
+    """The commit the code ran from (with `-dirty` for uncommitted changes), or 'unknown'."""
+    directory = Path(directory or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def store_versions(stores: Sequence[str | Path]) -> dict[str, str]:
+    """`store.<dataset>` -> the dataset's catalog version, for every dataset in the stores."""
+    versions = {}
+    for root in stores:
+        store = ZarrStore(root)
+        for name in store.datasets():
+            versions[f"store.{name}"] = store.dataset(name).catalog.version()
+    return versions
+
+
+class RunLogger:
+    """What rank 0 writes into the flow's run, through the client API (no global active run,
+    so nothing here depends on which process or thread created the run)."""
+
+    def __init__(self, uri: str, run_id: str):
+        self.mlflow, self.run_id = client(uri), run_id
+
+    def log_setup(self, params: Mapping[str, object], tags: Mapping[str, str]) -> None:
+        existing = self.mlflow.get_run(self.run_id).data.params
+        new = [Param(k, v) for k, v in flatten(params).items() if k not in existing]
+        for start in range(0, len(new), MAX_BATCH):
+            self.mlflow.log_batch(self.run_id, params=new[start : start + MAX_BATCH])
+        self.mlflow.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, row: Mapping[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for k, v in row.items() if k != "step"]
+        self.mlflow.log_batch(self.run_id, metrics=metrics)
+
+    def log_image(self, image: np.ndarray, key: str, step: int) -> None:
+        self.mlflow.log_image(self.run_id, image, key=key, step=step)
+
+
+def registered_version(uri: str, name: str, run_id: str, step: int) -> str | None:
+    """The version of model `name` that run `run_id` registered at training step `step`, if any."""
+    for version in client(uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.tags.get("step") == str(step):
+            return str(version.version)
+    return None

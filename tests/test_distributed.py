@@ -1,0 +1,143 @@
+"""Training on Ray Train with two CPU workers (DDP over gloo): it learns, logs into the flow's MLflow
+run, registers the model, survives a failing worker and resumes a stopped run where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from mvg.config import preset
+from mvg.distributed import RAY_ENV, Scaling, TrainJob, fit, load_trained
+
+pytestmark = pytest.mark.slow
+
+CONFIG = preset("tiny-cpu").with_overrides(
+    model={"depth": 2, "embed_dim": 96, "num_heads": 3}, optim={"batch_size": 4, "warmup_steps": 5, "steps": 20}
+)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray for the module: starting Ray costs ~10 s, a trainer run a few more."""
+    import ray
+
+    ray.init(num_cpus=2, runtime_env={"env_vars": RAY_ENV})
+    yield
+    ray.shutdown()
+
+
+def steps_log(tmp_path: Path, fail_at: int | None = None):
+    """An `on_step` hook writing "rank step" lines to a file (the hook runs in the Ray workers),
+    raising once on rank 1 at step `fail_at`."""
+    log, marker = tmp_path / "steps.log", tmp_path / "failed-once"
+
+    def on_step(step: int, rank: int) -> None:
+        with open(log, "a") as file:
+            file.write(f"{rank} {step}\n")
+        if step == fail_at and rank == 1 and not marker.exists():
+            marker.touch()
+            raise RuntimeError(f"injected failure at step {step}")
+
+    def rank_zero_steps() -> list[int]:
+        return [int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("0 ")]
+
+    return on_step, rank_zero_steps
+
+
+def job(store: Path, tmp_path: Path, name: str, **kwargs) -> TrainJob:
+    return TrainJob(CONFIG, (str(store),), name, str(tmp_path / "ray"), Scaling(workers=2), checkpoint_every=5, log_every=5, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_cluster, phantom_store, tmp_path_factory):
+    """The same job without interruption: what a failed-then-restarted or resumed run must equal."""
+    outcome = fit(job(phantom_store, tmp_path_factory.mktemp("reference"), "reference"))
+    assert outcome.step == CONFIG.optim.steps
+    return load_trained(outcome.checkpoint)[0].state_dict()
+
+
+def assert_same_weights(checkpoint: Path, reference: dict) -> None:
+    trained = load_trained(checkpoint)[0].state_dict()
+    for name, tensor in reference.items():
+        assert torch.equal(trained[name], tensor), name
+
+
+def test_a_failing_worker_is_restarted_from_the_last_checkpoint(ray_cluster, phantom_store, tmp_path, reference):
+    on_step, rank_zero_steps = steps_log(tmp_path, fail_at=8)
+    outcome = fit(job(phantom_store, tmp_path, "flaky", max_failures=2), on_step=on_step)
+    assert (tmp_path / "failed-once").exists(), "the failure was injected"
+    steps = rank_zero_steps()
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert steps[restart] == 6, f"training went on from the step-5 checkpoint, not from zero: {steps}"
+    assert outcome.step == CONFIG.optim.steps and steps[-1] == CONFIG.optim.steps
+    assert_same_weights(outcome.checkpoint, reference)  # every rank's random streams were restored
+
+
+def test_running_the_same_name_again_resumes_a_stopped_run(ray_cluster, phantom_store, tmp_path, reference):
+    on_step, rank_zero_steps = steps_log(tmp_path)
+    stopped = fit(job(phantom_store, tmp_path, "resumable", stop_at=10), on_step=on_step)
+    assert stopped.step == 10
+    resumed = fit(job(phantom_store, tmp_path, "resumable"), on_step=on_step)
+    assert rank_zero_steps() == list(range(1, 21)), "the second launch started at step 11"
+    assert resumed.step == 20
+    assert_same_weights(resumed.checkpoint, reference)
+    kept = sorted(p for p in (tmp_path / "ray" / "resumable").glob("checkpoint_*") if p.is_dir())
+    assert len(kept) == 2, f"CheckpointConfig(num_to_keep=2) keeps two: {kept}"
+
+
+def test_train_flow_logs_into_mlflow_and_registers_the_candidate(ray_cluster, phantom_store, tmp_path, monkeypatch, prefect_server):
+    from prefect.client.orchestration import get_client
+
+    from flows.train import train_flow
+    from mvg.tracking import client, tracking_uri
+    from storage.store import ZarrStore
+
+    monkeypatch.setenv("MVG_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    summary = train_flow(
+        overrides={"model": {"depth": 2, "embed_dim": 96, "num_heads": 3}, "optim": {"steps": 40, "batch_size": 4, "warmup_steps": 5}},
+        store=str(phantom_store), workers=2, run_name="flow-run", checkpoint_every=20, log_every=5, sample_every=20,
+    )
+    assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}" and (tmp_path / "mlflow.db").exists()
+    mlflow = client()
+    run = mlflow.get_run(summary["run_id"])
+    assert run.info.status == "FINISHED" and run.info.run_name == "flow-run"
+    params, tags = run.data.params, run.data.tags
+    assert params["model.embed_dim"] == "96" and params["optim.steps"] == "40" and params["scaling.workers"] == "2"
+    assert params["global_batch"] == "8" and params["data.crop"] == "64"
+    assert tags["git_commit"] and tags["ray.run_name"] == "flow-run"
+    store = ZarrStore(phantom_store)
+    assert tags["store.phantom-segmentation"] == store.dataset("phantom-segmentation").catalog.version()
+    losses = [m.value for m in sorted(mlflow.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(losses) == 8 and sum(losses[-2:]) / 2 < 0.7 * losses[0], losses
+    for metric in ("lr", "episodes_per_s", "loss_segmentation", "loss_synthesis"):
+        assert mlflow.get_metric_history(run.info.run_id, metric), metric
+    images = [a.path for a in mlflow.list_artifacts(run.info.run_id, "images")]
+    assert len(images) >= 2, f"sample montages at steps 20 and 40: {images}"
+
+    version = mlflow.get_model_version_by_alias("mvg", "candidate")
+    assert version.run_id == run.info.run_id and str(version.version) == str(summary["model_version"])
+    assert version.tags["step"] == "40"
+
+    async def markdown() -> str:
+        async with get_client() as prefect:
+            artifact = await prefect.read_latest_artifacts()
+            return next(a.data for a in artifact if a.key == "train-summary")
+
+    import asyncio
+
+    text = asyncio.run(markdown())
+    assert "flow-run" in text and f"version **{version.version}**" in text and "loss_segmentation" in text
+
+    # running the finished run again trains nothing more and registers nothing new
+    again = train_flow(
+        overrides={"model": {"depth": 2, "embed_dim": 96, "num_heads": 3}, "optim": {"steps": 40, "batch_size": 4, "warmup_steps": 5}},
+        store=str(phantom_store), workers=2, run_name="flow-run", checkpoint_every=20, log_every=5, sample_every=20,
+    )
+    assert again["model_version"] == summary["model_version"] and again["model_reused"]
+    assert json.dumps(again["metrics"])  # plain values, fit for a Prefect result
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

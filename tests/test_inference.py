@@ -1,0 +1,145 @@
+"""`mvg.inference.paint`: sizes, dtypes, label values, batching, and every input it refuses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mvg.config import preset
+from mvg.inference import paint, prompt_colouring
+from mvg.model import MVG
+
+torch.set_num_threads(2)
+
+CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})  # 64 px
+
+
+class CopyPrompt(MVG):
+    """Paints the first prompt target whatever the query: what comes back must be the prompt itself."""
+
+    def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
+        return prompt_targets[:, 0]
+
+
+@pytest.fixture(scope="module")
+def model() -> MVG:
+    torch.manual_seed(0)
+    return MVG(CONFIG)
+
+
+def images(count: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, height, width), dtype=np.float32)
+
+
+def labels(count: int, height: int, width: int) -> np.ndarray:
+    """Label maps with classes 3 and 7 (not 1, 2: the output must carry the prompt's values)."""
+    maps = np.zeros((count, height, width), dtype=np.int64)
+    maps[:, height // 5 : height // 2, width // 5 : width // 2] = 3
+    maps[:, height // 2 : 4 * height // 5, width // 2 : 4 * width // 5] = 7
+    return maps
+
+
+def test_segmentation_at_other_sizes_gives_prompt_label_values(model):
+    painted = paint(model, images(2, 50, 70), labels(2, 50, 70), images(3, 90, 90, seed=1))
+    assert painted.shape == (3, 90, 90) and painted.dtype == np.int64
+    assert set(np.unique(painted)) <= {0, 3, 7}
+
+
+def test_synthesis_at_other_sizes_gives_unit_float_images(model):
+    painted = paint(model, images(2, 50, 70), images(2, 50, 70, seed=2), images(3, 90, 90, seed=1), task="synthesis")
+    assert painted.shape == (3, 90, 90) and painted.dtype == np.float32
+    assert 0 <= painted.min() and painted.max() <= 1
+
+
+@pytest.mark.parametrize("task", ["segmentation", "denoising"])
+def test_batch_size_does_not_change_the_result(model, task):
+    targets = labels(1, 50, 70) if task == "segmentation" else images(1, 50, 70, seed=2)
+    queries = images(5, 90, 90, seed=1)
+    one, many = (paint(model, images(1, 50, 70), targets, queries, task, batch_size=size) for size in (1, 16))
+    if task == "segmentation":
+        np.testing.assert_array_equal(one, many)
+    else:
+        np.testing.assert_allclose(one, many, atol=1e-5)
+
+
+def test_copying_the_prompt_returns_its_label_map_exactly():
+    prompt = np.zeros((1, 64, 64), dtype=np.uint8)  # at the model's size: no resize either way
+    prompt[0, 5:30, 5:20] = 3
+    prompt[0, 30:60, 10:50] = 7
+    prompt[0, 40:50, 20:30] = 255
+    painted = paint(CopyPrompt(CONFIG), images(1, 64, 64), prompt, images(2, 64, 64, seed=1))
+    np.testing.assert_array_equal(painted, np.repeat(prompt, 2, axis=0))
+
+
+def test_resizing_down_and_back_up_keeps_pixel_aligned_labels():
+    """A 128 px label map of 2 x 2 blocks survives nearest 128 -> 64 and bilinear 64 -> 128: the
+    resizes share pixel centres, so no edge moves by a pixel."""
+    coarse = np.zeros((1, 64, 64), dtype=np.int64)
+    coarse[0, 10:40, 7:33] = 5
+    prompt = coarse.repeat(2, axis=1).repeat(2, axis=2)
+    painted = paint(CopyPrompt(CONFIG), images(1, 128, 128), prompt, images(1, 128, 128, seed=1))
+    np.testing.assert_array_equal(painted, prompt)
+
+
+def test_copying_the_prompt_for_synthesis_returns_its_image():
+    target = images(1, 64, 64, seed=3)
+    painted = paint(CopyPrompt(CONFIG), images(1, 64, 64), target, images(2, 64, 64, seed=1), task="inpainting")
+    np.testing.assert_allclose(painted, np.repeat(target, 2, axis=0), atol=1e-6)
+
+
+def test_classes_get_distinct_palette_levels_one_class_the_binary_level():
+    assert prompt_colouring(np.array([[0, 9]])).levels == {9: 1.0}
+    levels = prompt_colouring(np.array([[0, 3, 7, 255]])).levels
+    assert sorted(levels) == [3, 7, 255] and len(set(levels.values())) == 3 and max(levels.values()) == 1.0
+
+
+def test_paint_restores_training_mode(model):
+    model.train()
+    paint(model, images(1, 64, 64), labels(1, 64, 64), images(1, 64, 64))
+    assert model.training
+    model.eval()
+
+
+def test_no_queries_gives_an_empty_result(model):
+    assert paint(model, images(1, 64, 64), labels(1, 64, 64), images(0, 40, 30)).shape == (0, 40, 30)
+
+
+def _too_small_foreground() -> np.ndarray:
+    target = np.zeros((1, 512, 512), dtype=np.int64)
+    target[0, 0, 0] = 1  # nearest 512 -> 64 samples every 8th pixel, from the 5th
+    return target
+
+
+REFUSED = {
+    "mismatched prompt shapes": (dict(prompt_targets=labels(1, 50, 60)), "same shape"),
+    "2-D query": (dict(queries=images(1, 64, 64)[0]), "queries must be"),
+    "2-D prompt": (
+        dict(prompt_images=images(1, 64, 64)[0], prompt_targets=labels(1, 64, 64)[0]),
+        "prompt_images must be",
+    ),
+    "unknown task": (dict(task="detection"), "unknown task"),
+    "no prompt pairs": (dict(prompt_images=images(0, 64, 64), prompt_targets=labels(0, 64, 64)), "1 to 3"),
+    "too many prompt pairs": (dict(prompt_images=images(4, 64, 64), prompt_targets=labels(4, 64, 64)), "1 to 3"),
+    "empty prompt target": (dict(prompt_targets=np.zeros((1, 64, 64), np.int64)), "no foreground"),
+    "foreground lost in resize": (
+        dict(prompt_images=images(1, 512, 512), prompt_targets=_too_small_foreground()),
+        "vanishes",
+    ),
+    "negative labels": (dict(prompt_targets=-labels(1, 64, 64)), "non-negative integers"),
+    "fractional labels": (dict(prompt_targets=labels(1, 64, 64) * 0.5), "non-negative integers"),
+    "query outside [0, 1]": (dict(queries=images(1, 64, 64) * 1000), r"queries must be images in \[0, 1\]"),
+    "synthesis target outside [0, 1]": (
+        dict(prompt_targets=labels(1, 64, 64), task="synthesis"),
+        "prompt_targets must be images",
+    ),
+    "zero batch size": (dict(batch_size=0), "batch_size"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_bad_inputs_are_refused_with_a_clear_message(model, case):
+    changes, message = REFUSED[case]
+    arguments = dict(prompt_images=images(1, 64, 64), prompt_targets=labels(1, 64, 64), queries=images(2, 64, 64))
+    with pytest.raises(ValueError, match=message):
+        paint(model, **{**arguments, **changes})

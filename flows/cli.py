@@ -165,17 +165,19 @@ def parse_overrides(assignments: list[str], max_steps: int | None = None) -> dic
 
 def run_train(args) -> int:
     from flows.train import train_flow
+    from mvg.config import preset
 
     cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
+    overrides = parse_overrides(args.set, args.max_steps)
     try:
-        overrides = parse_overrides(args.set, args.max_steps)
-        summary = train_flow(
-            preset=args.preset, overrides=overrides, store=str(args.store or store_root()), workers=args.workers,
-            gpus_per_worker=args.gpus_per_worker, cpus_per_worker=cpus, run_name=args.run_name, stop_at=args.stop_at,
-            checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
-        )
-    except TypeError as error:  # an override naming a field the config does not have
-        raise ValueError(str(error)) from None
+        preset(args.preset).with_overrides(**overrides)  # refuse a bad override before any server starts
+    except (TypeError, AttributeError) as error:  # a section or field the config does not have
+        raise ValueError(f"--set: {error}") from None
+    summary = train_flow(
+        preset=args.preset, overrides=overrides, store=str(args.store or store_root()), workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=cpus, run_name=args.run_name, stop_at=args.stop_at,
+        checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
+    )
     if "model_uri" in summary:
         print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
     return 0

@@ -17,10 +17,12 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mvg.config import preset as preset_config
+from mvg.episodes import EpisodeSampler
 from mvg.distributed import FitOutcome, Scaling, TrainJob, fit, load_trained
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
 from storage.home import mvg_home, store_root
+from storage.store import ZarrStore
 
 REGISTERED_MODEL = "mvg"
 
@@ -77,6 +79,10 @@ def train_flow(
     store; `stop_at` stops early (the same run name later goes on from there)."""
     config = preset_config(preset).with_overrides(**(overrides or {}))
     stores = (str(Path(store) if store else store_root()),)
+    # fail here, with the reason, rather than in every Ray worker and each of its restarts
+    if not ZarrStore(stores[0]).datasets():
+        raise ValueError(f"the store {stores[0]} holds no datasets: ingest some first (mvg ingest SOURCE)")
+    EpisodeSampler(stores, config.data, config.objective)
     run_name = run_name or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = open_run(run_name, params=config.to_dict())
     print(f"MLflow run {run.name} ({'resumed' if run.resumed else 'new'}): {run.link}")
@@ -117,5 +123,8 @@ def train_flow(
         "step": outcome.step,
         "checkpoint": str(outcome.checkpoint),
         "metrics": outcome.metrics,
-        **{f"model_{key}": value for key, value in model.items()},
+        "model_name": model["name"],
+        "model_version": model["version"],
+        "model_uri": model["model_uri"],
+        "model_reused": model["reused"],
     }

@@ -100,7 +100,7 @@ def fit(job: TrainJob, on_step: Callable[[int, int], None] | None = None) -> Fit
     if not ray.is_initialized():
         # the cluster RAY_ADDRESS names, else a local one (its dashboard stays: Ray Train's
         # placement-group cleaner polls the state API it serves)
-        ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": RAY_ENV})
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env={"env_vars": RAY_ENV})
     loop_config = job.loop_config()
     if on_step is not None:
         loop_config["on_step"] = on_step

@@ -1,0 +1,140 @@
+"""Integration: `mvg train` against a real `mlflow server` on loopback, then the registered candidate
+loaded by alias in a fresh process, which paints a phantom."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.cli import parse_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` bound to 127.0.0.1 with its own SQLite backend and artifact store; stopped by
+    its process group when the test ends, so nothing is left running."""
+    port = free_port()
+    artifacts = tmp_path / "server-artifacts"
+    log = open(tmp_path / "mlflow-server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(artifacts)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield uri, artifacts
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+LOAD_AND_PAINT = """
+import sys, numpy as np, mlflow
+from mvg.pyfunc import as_model_input
+model = mlflow.pyfunc.load_model("models:/mvg@candidate")
+data = np.load(sys.argv[1])
+painted = model.predict(as_model_input(data["prompt_image"][None], data["prompt_target"][None], data["queries"]),
+                        params={"task": "segmentation"})
+np.save(sys.argv[2], painted)
+"""
+
+
+def test_mvg_train_against_an_mlflow_server_registers_a_loadable_candidate(phantom_store, tmp_path, mlflow_server, prefect_server):
+    from prefect.settings import PREFECT_API_URL
+
+    from storage.store import ZarrStore
+
+    uri, artifacts = mlflow_server
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "MVG_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": PREFECT_API_URL.value(),  # the session's test server, not a temporary one
+        "RAY_ADDRESS": "",  # a local Ray, whatever the environment says
+    }
+    command = [
+        sys.executable, "-m", "flows.cli", "train", "--store", str(phantom_store), "--workers", "1", "--cpus-per-worker", "2",
+        "--max-steps", "10", "--run-name", "server-run", "--checkpoint-every", "5", "--log-every", "5",
+        "--set", "model.depth=2", "--set", "model.embed_dim=96", "--set", "model.num_heads=3", "--set", "optim.batch_size=4",
+        "--set", "optim.warmup_steps=2",
+    ]
+    trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    assert "registered mvg version 1: models:/mvg/1" in trained.stdout
+    assert not (tmp_path / "home" / "mlflow.db").exists(), "tracking went to the server, not the local default"
+    assert list(artifacts.rglob("model.safetensors")), "the model's weights were uploaded through the server"
+
+    dataset = ZarrStore(phantom_store).dataset("phantom-segmentation")
+    prompt, query = (dataset.read_volume(case) for case in dataset.cases()[:2])
+    middle = prompt.image.shape[0] // 2
+    inputs = tmp_path / "inputs.npz"
+    np.savez(inputs, prompt_image=prompt.image[middle].astype(np.float32), prompt_target=prompt.target[middle].astype(np.float32),
+             queries=query.image[:4].astype(np.float32))
+    painted = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PAINT, str(inputs), str(tmp_path / "painted.npy")],
+        env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
+    )
+    assert painted.returncode == 0, painted.stderr[-3000:]
+    labels = np.load(tmp_path / "painted.npy")
+    assert labels.shape == query.image[:4].shape and labels.dtype == np.int64
+    assert set(np.unique(labels)) <= {0, *np.unique(prompt.target[middle]).tolist()}
+
+
+def test_config_overrides_parse_values_and_refuse_malformed_ones():
+    assert parse_overrides(["optim.lr=3e-4", "model.depth=6", "data.same_case_prompt=true", "objective.colouring=binary"], 50) == {
+        "optim": {"lr": 3e-4, "steps": 50},
+        "model": {"depth": 6},
+        "data": {"same_case_prompt": True},
+        "objective": {"colouring": "binary"},
+    }
+    for malformed in ("optim.lr", "lr=3", "optim.=3"):
+        with pytest.raises(ValueError, match="SECTION.KEY=VALUE"):
+            parse_overrides([malformed])
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--set", "optim.nope=3"], "nope"),
+        (["--set", "modle.depth=3"], "modle"),
+        (["--preset", "huge"], "no preset 'huge'"),
+    ],
+)
+def test_mvg_train_refuses_bad_settings_before_starting_anything(arguments, message, capsys):
+    from flows.cli import main
+
+    assert main(["train", *arguments]) == 2
+    assert message in capsys.readouterr().err

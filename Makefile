@@ -25,6 +25,7 @@ test: install
 bench: install
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.model
+	$(BIN)/python -m benchmarks.train
 
 clean:
 	rm -rf $(VENV) mvg-home .pytest_cache

@@ -81,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", type=int, default=100, help="steps between sample-prediction images; 0: none")
     train.set_defaults(run=run_train)
 
-    demo = commands.add_parser("demo", help="generate phantom datasets, ingest them, summarise the store")
+    demo = commands.add_parser("demo", help="phantom datasets -> ingest -> train on Ray -> registered model mvg@candidate")
     demo.add_argument("--cases", type=int, default=8)
     demo.add_argument("--size", type=int, default=128, help="phantom and store in-plane size")
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--workers", type=int, default=2, help="Dask workers for ingest")
+    demo.add_argument("--steps", type=int, help="training steps (default: the tiny-cpu preset's)")
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -206,7 +207,8 @@ def run_store(args) -> int:
 
 
 def run_demo(args) -> int:
-    """For now the demo prepares data end to end; later stages (train, evaluate) extend it."""
+    """Phantoms -> ingest -> train -> register; a re-run reuses the stores and the finished run.
+    Evaluation joins when the evaluate flow lands."""
     from storage.phantoms import PHANTOM_TASKS, write_phantoms
 
     home = mvg_home()
@@ -222,7 +224,19 @@ def run_demo(args) -> int:
             )
         )
     run_store(argparse.Namespace(store=store_root(), json=False, preview=home / "previews"))
-    print(f"\nOpen a case in napari: napari --plugin napari-ome-zarr {store_root()}/<dataset>.zarr/<case>/image")
+    from flows.train import train_flow
+    from mvg.tracking import tracking_uri
+
+    summary = train_flow(
+        preset="tiny-cpu", overrides={"optim": {"steps": args.steps}} if args.steps else None, store=str(store_root()),
+        workers=1, cpus_per_worker=os.cpu_count() or 1, run_name="demo",
+    )
+    print(f"\nstore:            {store_root()}")
+    print(f"open a case:      napari --plugin napari-ome-zarr {store_root()}/<dataset>.zarr/<case>/image")
+    print(f"MLflow tracking:  {tracking_uri()}")
+    print(f"registered model: {summary['model_uri']} (alias models:/mvg@candidate)")
+    if tracking_uri().startswith("sqlite:"):
+        print(f"MLflow UI:        mlflow ui --backend-store-uri {tracking_uri()}  # then open http://127.0.0.1:5000")
     return 1 if failures else 0
 
 

@@ -40,20 +40,24 @@ def register_task(run: TrackedRun, outcome: FitOutcome, name: str, alias: str) -
     existing = registered_version(run.tracking_uri, name, run.run_id, outcome.step)
     if existing is not None:
         client(run.tracking_uri).set_registered_model_alias(name, alias, existing)
-        return {"name": name, "version": existing, "model_uri": f"models:/{name}/{existing}", "reused": True}
+        return model_summary(name, existing, reused=True)
     model, config, step = load_trained(outcome.checkpoint)
     version = log_mvg_model(model, config, run.run_id, registered_name=name, alias=alias, uri=run.tracking_uri, step=step)
-    return {"name": name, "version": version.version, "model_uri": version.model_uri, "reused": False}
+    return model_summary(name, version.version, reused=False)
 
 
-def summary_markdown(run: TrackedRun, outcome: FitOutcome, model: dict, alias: str) -> str:
+def model_summary(name: str, version: str, reused: bool) -> dict:
+    return {"model_name": name, "model_version": str(version), "model_uri": f"models:/{name}/{version}", "model_reused": reused}
+
+
+def summary_markdown(run: TrackedRun, outcome: FitOutcome, summary: dict, alias: str) -> str:
     losses = "\n".join(f"| {key} | {value:.4f} |" for key, value in sorted(outcome.metrics.items()) if key.startswith("loss"))
     return (
         f"# Training run `{run.name}`\n\n"
         f"MLflow run: [{run.run_id}]({run.link}) (tracking `{run.tracking_uri}`)\n\n"
         f"Trained to step **{outcome.step}**; checkpoint `{outcome.checkpoint}`.\n\n"
-        f"Registered model **{model['name']}** version **{model['version']}** as `@{alias}`"
-        f"{' (already registered by this run)' if model['reused'] else ''}: `models:/{model['name']}@{alias}`\n\n"
+        f"Registered model **{summary['model_name']}** version **{summary['model_version']}** as `@{alias}`"
+        f"{' (already registered by this run)' if summary['model_reused'] else ''}: `models:/{summary['model_name']}@{alias}`\n\n"
         f"| final loss | value |\n| --- | --- |\n{losses}\n"
     )
 
@@ -85,7 +89,15 @@ def train_flow(
     EpisodeSampler(stores, config.data, config.objective)
     run_name = run_name or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = open_run(run_name, params=config.to_dict())
+    mlflow = client(run.tracking_uri)
     print(f"MLflow run {run.name} ({'resumed' if run.resumed else 'new'}): {run.link}")
+    summary = {"run_name": run_name, "run_id": run.run_id}
+    done = registered_version(run.tracking_uri, REGISTERED_MODEL, run.run_id, config.optim.steps) if run.resumed else None
+    if done is not None:  # this run already trained and registered its model: nothing to do
+        mlflow.set_terminated(run.run_id, status="FINISHED")
+        print(f"run {run_name} already finished: {REGISTERED_MODEL} version {done}")
+        metrics = mlflow.get_run(run.run_id).data.metrics
+        return summary | {"step": config.optim.steps, "metrics": metrics} | model_summary(REGISTERED_MODEL, done, reused=True)
     job = TrainJob(
         config,
         stores,
@@ -102,29 +114,19 @@ def train_flow(
         mlflow_run_id=run.run_id,
         tags={"git_commit": git_commit(), **store_versions(stores)},
     )
-    mlflow = client(run.tracking_uri)
     try:
         outcome = fit_task(job)
     except BaseException:
         mlflow.set_terminated(run.run_id, status="FAILED")
         raise
+    summary |= {"step": outcome.step, "metrics": outcome.metrics, "checkpoint": str(outcome.checkpoint)}
     if outcome.step < config.optim.steps:  # stopped early on purpose: the run goes on later
         mlflow.set_terminated(run.run_id, status="KILLED")
-        print(f"stopped at step {outcome.step} of {config.optim.steps}; run again with --run-name {run_name} to go on")
-        return {"run_name": run_name, "run_id": run.run_id, "step": outcome.step, "checkpoint": str(outcome.checkpoint)}
-    model = register_task(run, outcome, REGISTERED_MODEL, alias)
+        print(f"stopped at step {outcome.step} of {config.optim.steps}; run again with run name {run_name} to go on")
+        return summary
+    summary |= register_task(run, outcome, REGISTERED_MODEL, alias)
     mlflow.set_terminated(run.run_id, status="FINISHED")
-    markdown = summary_markdown(run, outcome, model, alias)
+    markdown = summary_markdown(run, outcome, summary, alias)
     create_markdown_artifact(key="train-summary", markdown=markdown, description=f"training run {run_name}")
     print(markdown)
-    return {
-        "run_name": run_name,
-        "run_id": run.run_id,
-        "step": outcome.step,
-        "checkpoint": str(outcome.checkpoint),
-        "metrics": outcome.metrics,
-        "model_name": model["name"],
-        "model_version": model["version"],
-        "model_uri": model["model_uri"],
-        "model_reused": model["reused"],
-    }
+    return summary

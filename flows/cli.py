@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.predict import add_predict_parser
 from storage.home import mvg_home, store_root
 
 
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--log-every", type=int, default=10, help="steps between MLflow metric rows")
     train.add_argument("--sample-every", type=int, default=100, help="steps between sample-prediction images; 0: none")
     train.set_defaults(run=run_train)
+
+    add_predict_parser(commands)
 
     demo = commands.add_parser("demo", help="phantom datasets -> ingest -> train on Ray -> registered model mvg@candidate")
     demo.add_argument("--cases", type=int, default=8)

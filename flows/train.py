@@ -17,10 +17,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mvg.config import preset as preset_config
+from mvg.distributed import FitOutcome, Scaling, TrainJob, fit
 from mvg.episodes import EpisodeSampler
-from mvg.distributed import FitOutcome, Scaling, TrainJob, fit, load_trained
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
+from mvg.train import load_trained
 from storage.home import mvg_home, store_root
 from storage.store import ZarrStore
 

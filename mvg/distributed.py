@@ -36,7 +36,7 @@ from mvg.model import MVG
 from mvg.montage import prediction_montage
 from mvg.step import HybridObjective
 from mvg.tracking import RunLogger
-from mvg.train import CHECKPOINT_FILE, Meter, TrainingState, due
+from mvg.train import CHECKPOINT_FILE, Meter, TrainingState, due, load_checkpoint
 
 # ray.train.report waits for the controller's poll (2 s by default), which would stall every
 # report of a fast model; a tenth of a second costs the controller next to nothing.
@@ -119,7 +119,7 @@ def fit(job: TrainJob, on_step: Callable[[int, int], None] | None = None) -> Fit
     if result.checkpoint is None:
         raise RuntimeError(f"run {job.run_name!r} finished without a checkpoint")
     checkpoint = Path(result.checkpoint.path)
-    step = torch.load(checkpoint / CHECKPOINT_FILE, map_location="cpu", weights_only=False)["step"]
+    step = load_checkpoint(checkpoint)["step"]
     return FitOutcome(step, dict(result.metrics or {}), checkpoint)
 
 
@@ -133,7 +133,7 @@ def train_loop_per_worker(loop: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state.restore(torch.load(Path(directory) / CHECKPOINT_FILE, map_location="cpu", weights_only=False))
+            state.restore(load_checkpoint(directory))
     # an all-segmentation micro-batch never touches the MIM mask token: DDP must not wait for it
     trainable = prepare_model(HybridObjective(state.model, config.objective), parallel_strategy_kwargs={"find_unused_parameters": True})
     logger = _rank_zero_logger(loop, rank, config, world_size)
@@ -209,12 +209,3 @@ def _sample_montage(model: MVG, episodes: list[Episode], device: torch.device) -
         for i, e in enumerate(episodes)
     ]
     return prediction_montage(rows)
-
-
-def load_trained(checkpoint: str | Path) -> tuple[MVG, MVGConfig, int]:
-    """The model (eval mode, CPU), config and step of a training checkpoint directory."""
-    state = torch.load(Path(checkpoint) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    config = MVGConfig.from_dict(state["config"])
-    model = MVG(config)
-    model.load_state_dict(state["model"])
-    return model.eval(), config, state["step"]

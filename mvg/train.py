@@ -187,10 +187,23 @@ def save_checkpoint(directory: Path, state: dict) -> Path:
 
 
 def load_checkpoint(directory: str | Path | None) -> dict | None:
+    """The checkpoint in `directory`, or None. Loaded with `weights_only`: tensors, numbers,
+    strings and containers only, so a checkpoint from elsewhere cannot run code."""
     path = None if directory is None else Path(directory) / CHECKPOINT_FILE
     if path is None or not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_trained(directory: str | Path) -> tuple[MVG, MVGConfig, int]:
+    """The model (eval mode, CPU), config and step of a training checkpoint directory."""
+    state = load_checkpoint(directory)
+    if state is None:
+        raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {directory}")
+    config = MVGConfig.from_dict(state["config"])
+    model = MVG(config)
+    model.load_state_dict(state["model"])
+    return model.eval(), config, state["step"]
 
 
 # ---------------------------------------------------------------------------- single process

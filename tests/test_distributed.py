@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mvg.config import preset
-from mvg.distributed import RAY_ENV, Scaling, TrainJob, fit, load_trained
+from mvg.distributed import RAY_ENV, Scaling, TrainJob, fit
+from mvg.train import load_trained
 
 pytestmark = pytest.mark.slow
 

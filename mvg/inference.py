@@ -7,9 +7,9 @@ every prediction to the query's size on the way out.
 
 Segmentation prompt targets are label maps. They are coloured with one grey level per class the
 prompts hold, and the painted query is decoded back to those label values by nearest level
-(`Colouring.decode`). Decoding happens at the query's resolution, after the continuous prediction
-is resized, so label edges follow the bilinear interpolation instead of staircasing on the model's
-coarser grid.
+(`Colouring.decode`) at the model's size; the class ids are then resized to the query's size by
+nearest pixel. (Resizing the painted levels bilinearly before decoding gives smoother edges for
+one class, but with several it invents classes along every edge.)
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def paint(
     colouring = prompt_colouring(prompt_targets) if segmentation else None
     targets = colouring.colour(prompt_targets.astype(np.int64)) if segmentation else prompt_targets
 
-    shown_images = _resize(_tensor(prompt_images, device), size)
-    shown_targets = _resize(_tensor(targets, device), size, labels=segmentation)
+    shown_images = resize_images(image_tensor(prompt_images, device), size)
+    shown_targets = resize_images(image_tensor(targets, device), size, labels=segmentation)
     if segmentation:
         # a structure smaller than a model pixel may vanish; decoding then only offers the levels the
         # model was actually shown, so a lost class cannot claim the edges of the others
@@ -63,9 +63,9 @@ def paint(
 
     count, height, width = queries.shape
     painted = np.empty((count, height, width), dtype=np.int64 if segmentation else np.float32)
-    with _evaluating(model), torch.inference_mode():
+    with evaluating(model), torch.inference_mode():
         for start in range(0, count, batch_size):
-            batch = _resize(_tensor(queries[start : start + batch_size], device), size)
+            batch = resize_images(image_tensor(queries[start : start + batch_size], device), size)
             rows = batch.shape[0]
             # the same prompts on every row: the model encodes them once per batch
             prediction = model.predict(
@@ -74,8 +74,16 @@ def paint(
                 shown_targets.unsqueeze(0).expand(rows, -1, -1, -1, -1),
                 task,
             )
-            prediction = _resize(prediction, (height, width)).clamp(0, 1)[:, 0].float().cpu().numpy()
-            painted[start : start + rows] = colouring.decode(prediction, shown_levels) if segmentation else prediction
+            if segmentation:
+                # decode at the model's size, then resize class ids by nearest pixel: resizing the
+                # painted levels first would make every edge pass through the levels of other
+                # classes and invent them there (mvg.evaluation measures it)
+                labels = colouring.decode(prediction[:, 0].float().cpu().numpy(), shown_levels)
+                labels = resize_images(torch.from_numpy(labels)[:, None].float(), (height, width), labels=True)
+                painted[start : start + rows] = labels[:, 0].long().numpy()
+            else:
+                prediction = resize_images(prediction.float(), (height, width)).clamp(0, 1)[:, 0]
+                painted[start : start + rows] = prediction.cpu().numpy()
     return painted
 
 
@@ -124,12 +132,12 @@ def _check_inputs(
             raise ValueError(f"{name} must be images in [0, 1] (normalise intensities first)")
 
 
-def _tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+def image_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """(N, H, W) numpy -> (N, 1, H, W) float32 on `device`."""
     return torch.as_tensor(np.asarray(array, dtype=np.float32), device=device).unsqueeze(1)
 
 
-def _resize(images: torch.Tensor, size: tuple[int, int], labels: bool = False) -> torch.Tensor:
+def resize_images(images: torch.Tensor, size: tuple[int, int], labels: bool = False) -> torch.Tensor:
     """(N, 1, H, W) -> (N, 1, *size). Labels (here: coloured levels) take the nearest pixel, with
     centres aligned like the episodes' resize; images are bilinear, antialiased when shrinking so a
     512 px slice does not alias on a 64 px model."""
@@ -142,7 +150,7 @@ def _resize(images: torch.Tensor, size: tuple[int, int], labels: bool = False) -
 
 
 @contextlib.contextmanager
-def _evaluating(model: MVG):
+def evaluating(model: MVG):
     """Eval mode for the call, then the caller's mode back (a training loop may paint to validate)."""
     was_training = model.training
     model.eval()

@@ -149,3 +149,47 @@ def registered_version(uri: str, name: str, run_id: str, step: int) -> str | Non
         if version.tags.get("step") == str(step):
             return str(version.version)
     return None
+
+
+# ---------------------------------------------------------------------------- registry versions
+
+EVAL_TAG = "eval."  # version tags eval.<dataset>.<metric>: what the evaluate flow measured
+
+
+def resolve_version(uri: str, model_uri: str) -> tuple[str, str] | None:
+    """(name, version) of a registry URI (`models:/mvg@candidate`, `models:/mvg/3`); None for
+    anything else (a folder, a run's artifact), which is evaluated but never promoted."""
+    if not model_uri.startswith("models:/"):
+        return None
+    name, _, rest = model_uri[len("models:/") :].partition("/")
+    if "@" in name:
+        name, alias = name.split("@", 1)
+        return name, str(client(uri).get_model_version_by_alias(name, alias).version)
+    return name, rest
+
+
+def alias_version(uri: str, name: str, alias: str) -> str | None:
+    try:
+        return str(client(uri).get_model_version_by_alias(name, alias).version)
+    except Exception:  # noqa: BLE001 - MLflow raises its own error type for a missing alias or model
+        return None
+
+
+def record_evaluation(uri: str, name: str, version: str, metrics: Mapping[str, Mapping[str, float]], run_id: str) -> None:
+    """Tag the version with what was measured: eval.<dataset>.<metric> = value, and the run."""
+    mlflow = client(uri)
+    for dataset, values in metrics.items():
+        for metric, value in values.items():
+            mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}{dataset}.{metric}", f"{value:.6g}")
+    mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}run_id", run_id)
+
+
+def evaluated_metrics(uri: str, name: str, version: str, metric_of: Mapping[str, str]) -> dict[str, float]:
+    """dataset -> the metric `metric_of[dataset]` recorded on the version, for datasets it has."""
+    tags = client(uri).get_model_version(name, version).tags
+    found = {}
+    for dataset, metric in metric_of.items():
+        value = tags.get(f"{EVAL_TAG}{dataset}.{metric}")
+        if value is not None:
+            found[dataset] = float(value)
+    return found

@@ -143,3 +143,18 @@ def test_bad_inputs_are_refused_with_a_clear_message(model, case):
     arguments = dict(prompt_images=images(1, 64, 64), prompt_targets=labels(1, 64, 64), queries=images(2, 64, 64))
     with pytest.raises(ValueError, match=message):
         paint(model, **{**arguments, **changes})
+
+
+def test_several_classes_resized_back_invent_no_class_along_edges():
+    """Copying a three-class prompt at 80 px through the 64 px model: every output pixel carries a
+    class the prompt has at that place after nearest resizing down and up -- no class appears
+    along another's edge (decoding resized grey levels would put class 3 on the 7/background edge)."""
+    copier = CopyPrompt(CONFIG)
+    prompt = np.zeros((1, 80, 80), dtype=np.int64)
+    prompt[0, 10:40, 10:40] = 3
+    prompt[0, 40:70, 40:70] = 7
+    prompt[0, 10:30, 50:75] = 9
+    painted = paint(copier, images(1, 80, 80), prompt, images(2, 80, 80), "segmentation")
+    down = torch.nn.functional.interpolate(torch.from_numpy(prompt)[:, None].float(), size=(64, 64), mode="nearest-exact")
+    expected = torch.nn.functional.interpolate(down, size=(80, 80), mode="nearest-exact")[0, 0].long().numpy()
+    assert np.array_equal(painted[0], expected) and np.array_equal(painted[1], expected)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mvg.model import MVG
-from mvg.pyfunc import CONFIG_FILE, WEIGHTS_FILE, load_weights
+from mvg.pyfunc import CONFIG_FILE, WEIGHTS_FILE, load_weights, using_tracking_uri
 from mvg.train import CHECKPOINT_FILE, load_trained
 
 MLFLOW_WEIGHTS = Path("artifacts") / "weights"  # where `log_mvg_model` puts the weights inside a logged model
@@ -76,12 +76,14 @@ def _download(uri: str, scratch: str) -> Path:
             "(set MLFLOW_TRACKING_URI, or --home to the data root `mvg train` used)"
         )
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=uri,
-            dst_path=scratch,
-            tracking_uri=tracking,
-            registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking,
-        )
+        # the global URI too: MLflow resolves models:/ through its global registry client
+        with using_tracking_uri(tracking):
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri,
+                dst_path=scratch,
+                tracking_uri=tracking,
+                registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or tracking,
+            )
     except Exception as error:  # MLflow raises many kinds (missing alias, no server, bad URI)
         reason = str(getattr(error, "message", None) or error).strip().splitlines()[0]
         raise ValueError(f"model {uri} does not resolve: {reason} (tracking {tracking})") from error

@@ -169,7 +169,7 @@ def log_mvg_model(
     `end_run` FINISHED, changing the state of a run the flow (or the training loop) owns. Instead
     the logged model is created in the run's experiment with the run as its source, and
     `Model.log(run_id=...)` fills it in and records it as the run's output."""
-    with _tracking_uri(uri), tempfile.TemporaryDirectory(prefix="mvg-model-") as scratch:
+    with using_tracking_uri(uri), tempfile.TemporaryDirectory(prefix="mvg-model-") as scratch:
         client = mlflow.MlflowClient()
         experiment = client.get_run(run_id).info.experiment_id
         logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, experiment_id=experiment)
@@ -198,7 +198,7 @@ def log_mvg_model(
 
 
 @contextlib.contextmanager
-def _tracking_uri(uri: str | None):
+def using_tracking_uri(uri: str | None):
     """Point MLflow's global tracking URI at `uri` for the call (Model.log and the registry read
     only the global), then put back the URI in effect before and the MLFLOW_TRACKING_URI variable,
     which `set_tracking_uri` also writes."""

@@ -180,7 +180,8 @@ def record_evaluation(uri: str, name: str, version: str, metrics: Mapping[str, M
     mlflow = client(uri)
     for dataset, values in metrics.items():
         for metric, value in values.items():
-            mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}{dataset}.{metric}", f"{value:.6g}")
+            # repr precision: the next promotion compares against exactly this value
+            mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}{dataset}.{metric}", repr(float(value)))
     mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}run_id", run_id)
 
 

@@ -1,0 +1,128 @@
+"""Prefect flow `evaluate`: a registered model (default `models:/mvg@candidate`) against the held-out
+cases of the store, beside the copy-the-prompt and identity baselines, in the layout of the paper's
+Tables 2 and 3; then the `champion` alias moves to it if it is at least as good as the champion.
+
+Every dataset is a task; the tables (markdown and CSV), the per-case rows and one montage per dataset
+are artifacts of an MLflow evaluation run, the model's scores are tags of its registry version (what
+the next promotion compares against), and the tables are Prefect table artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+from PIL import Image
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mvg.evaluation import MODEL, DatasetEvaluation, evaluate_dataset, tables, to_csv, to_markdown
+from mvg.loading import load_model
+from mvg.promotion import PRIMARY_METRIC, PromotionRule, decide
+from mvg.tracking import (
+    alias_version,
+    client,
+    ensure_experiment,
+    evaluated_metrics,
+    flatten,
+    record_evaluation,
+    resolve_version,
+    tracking_uri,
+)
+from storage.home import store_root
+from storage.store import ZarrStore
+
+EXPERIMENT = "mvg-evaluation"
+PAPER_NAMES = {"miou": "mIoU", "psnr": "PSNR"}  # promotion metric -> the evaluation's column
+
+
+@task(cache_policy=NO_CACHE)
+def evaluate_dataset_task(model_uri: str, store: str, dataset: str, draws: int, shots: int, seed: int, max_cases: int | None) -> DatasetEvaluation:
+    model = load_model(model_uri)
+    return evaluate_dataset(model, ZarrStore(store).dataset(dataset), draws=draws, shots=shots, seed=seed, max_cases=max_cases)
+
+
+def primary_scores(evaluations: list[DatasetEvaluation]) -> dict[str, float]:
+    """dataset -> the model's primary metric (mIoU or PSNR), mean over draws."""
+    scores = {}
+    for evaluation in evaluations:
+        column = PAPER_NAMES[PRIMARY_METRIC[evaluation.task]]
+        value = evaluation.summary[MODEL][column].mean
+        if not math.isnan(value):
+            scores[evaluation.dataset] = value
+    return scores
+
+
+@flow(name="evaluate", log_prints=True)
+def evaluate_flow(
+    model_uri: str = "models:/mvg@candidate",
+    store: str | None = None,
+    datasets: list[str] | None = None,
+    draws: int = 1,
+    shots: int = 1,
+    seed: int = 0,
+    max_cases: int | None = None,
+    promote: bool = True,
+    rule: str = "every",
+    tolerance: float = 0.0,
+) -> dict:
+    store = str(Path(store) if store else store_root())
+    promotion = PromotionRule(rule, tolerance)
+    available = ZarrStore(store).datasets()
+    chosen = datasets or [name for name in available if ZarrStore(store).dataset(name).cases("test")]
+    missing = sorted(set(chosen) - set(available))
+    if missing:
+        raise ValueError(f"no stored dataset {', '.join(missing)} in {store} (found: {', '.join(available) or 'none'})")
+    uri = tracking_uri()
+    version = resolve_version(uri, model_uri)
+    load_model(model_uri)  # a model that does not resolve fails here, once, with its reason
+    futures = [evaluate_dataset_task.submit(model_uri, store, name, draws, shots, seed, max_cases) for name in chosen]
+    evaluations = [future.result() for future in futures]
+    layout = tables(evaluations)
+
+    mlflow = client(uri)
+    experiment = ensure_experiment(mlflow, EXPERIMENT)
+    label = f"{version[0]}-v{version[1]}" if version else Path(model_uri).name
+    run = mlflow.create_run(experiment, run_name=f"evaluate-{label}")
+    run_id = run.info.run_id
+    for key, value in flatten({"model_uri": model_uri, "draws": draws, "shots": shots, "seed": seed, "store": store}).items():
+        mlflow.log_param(run_id, key, value)
+    for evaluation in evaluations:
+        for row in evaluation.summary_rows():
+            if not math.isnan(row["mean"]):
+                mlflow.log_metric(run_id, f"{row['dataset']}.{row['method']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", ""), row["mean"])
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        for name, rows in layout.items():
+            if rows:
+                to_csv(rows, folder / f"{name}.csv")
+                (folder / f"{name}.md").write_text(to_markdown(rows) + "\n")
+        to_csv([row for e in evaluations for row in e.rows], folder / "cases.csv")
+        for evaluation in evaluations:
+            Image.fromarray(evaluation.montage).save(folder / f"montage-{evaluation.dataset}.png")
+        mlflow.log_artifacts(run_id, str(folder))
+    for name, rows in layout.items():
+        if rows:
+            create_table_artifact(key=f"evaluate-{name}", table=rows, description=f"{name} of {model_uri}")
+            print(f"\n{name}:\n{to_markdown(rows)}")
+
+    summary = {"model_uri": model_uri, "run_id": run_id, "tables": layout, "scores": primary_scores(evaluations)}
+    if version and promote:
+        name, number = version
+        record_evaluation(uri, name, number, {d: {PRIMARY_METRIC[e.task]: summary["scores"][d]} for e in evaluations
+                                              if (d := e.dataset) in summary["scores"]}, run_id)
+        champion = alias_version(uri, name, "champion")
+        champion_scores = None
+        if champion is not None and champion != number:
+            champion_scores = evaluated_metrics(uri, name, champion, {e.dataset: PRIMARY_METRIC[e.task] for e in evaluations})
+        decision = decide(summary["scores"], champion_scores, promotion)
+        mlflow.set_model_version_tag(name, number, "promotion", "champion" if decision.promote else "rejected")
+        mlflow.set_model_version_tag(name, number, "promotion.reason", decision.reason)
+        if decision.promote:
+            mlflow.set_registered_model_alias(name, "champion", number)
+        print(f"{name} version {number}: {'promoted to @champion' if decision.promote else 'not promoted'} ({decision.reason})")
+        summary |= {"version": number, "promoted": decision.promote, "reason": decision.reason}
+    mlflow.set_terminated(run_id, "FINISHED")
+    return summary

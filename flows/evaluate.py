@@ -19,7 +19,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from mvg.evaluation import MODEL, DatasetEvaluation, evaluate_dataset, tables, to_csv, to_markdown
-from mvg.loading import load_model
+from mvg.loading import load_model, local_model
 from mvg.promotion import PRIMARY_METRIC, PromotionRule, decide
 from mvg.tracking import (
     alias_version,
@@ -39,8 +39,8 @@ PAPER_NAMES = {"miou": "mIoU", "psnr": "PSNR"}  # promotion metric -> the evalua
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_dataset_task(model_uri: str, store: str, dataset: str, draws: int, shots: int, seed: int, max_cases: int | None) -> DatasetEvaluation:
-    model = load_model(model_uri)
+def evaluate_dataset_task(model_folder: str, store: str, dataset: str, draws: int, shots: int, seed: int, max_cases: int | None) -> DatasetEvaluation:
+    model = load_model(model_folder)
     return evaluate_dataset(model, ZarrStore(store).dataset(dataset), draws=draws, shots=shots, seed=seed, max_cases=max_cases)
 
 
@@ -77,9 +77,10 @@ def evaluate_flow(
         raise ValueError(f"no stored dataset {', '.join(missing)} in {store} (found: {', '.join(available) or 'none'})")
     uri = tracking_uri()
     version = resolve_version(uri, model_uri)
-    load_model(model_uri)  # a model that does not resolve fails here, once, with its reason
-    futures = [evaluate_dataset_task.submit(model_uri, store, name, draws, shots, seed, max_cases) for name in chosen]
-    evaluations = [future.result() for future in futures]
+    with local_model(model_uri) as folder:  # one download, however many datasets; a bad URI fails here
+        load_model(folder)
+        futures = [evaluate_dataset_task.submit(str(folder), store, name, draws, shots, seed, max_cases) for name in chosen]
+        evaluations = [future.result() for future in futures]
     layout = tables(evaluations)
 
     mlflow = client(uri)

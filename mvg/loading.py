@@ -15,6 +15,7 @@ torch traceback reaches the user.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -31,17 +32,26 @@ URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")  # models:/, runs:/, s3:/
 EXAMPLES = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, or a local folder"
 
 
-def load_model(source: str | Path, device: str | torch.device = "cpu") -> MVG:
-    """The MVG (eval mode, on `device`) at `source`: an MLflow model URI or a local folder."""
+@contextlib.contextmanager
+def local_model(source: str | Path):
+    """A local folder holding the model at `source` for the duration of the block: `source` itself
+    when it is a path, else one download (so callers loading it several times fetch it once)."""
     text = str(source)
     path = Path(text).expanduser()
     if path.exists():
-        return _load_local(path, device, text)
-    if URI_SCHEME.match(text):
+        yield path
+    elif URI_SCHEME.match(text):
         with tempfile.TemporaryDirectory(prefix="mvg-model-") as scratch:
-            # the weights are read into memory before the download is deleted
-            return _load_local(_download(text, scratch), device, text)
-    raise ValueError(f"model {text} does not resolve: no such file or folder, and not an MLflow URI ({EXAMPLES})")
+            yield _download(text, scratch)
+    else:
+        raise ValueError(f"model {text} does not resolve: no such file or folder, and not an MLflow URI ({EXAMPLES})")
+
+
+def load_model(source: str | Path, device: str | torch.device = "cpu") -> MVG:
+    """The MVG (eval mode, on `device`) at `source`: an MLflow model URI or a local folder."""
+    with local_model(source) as folder:
+        # the weights are read into memory before a download is deleted
+        return _load_local(folder, device, str(source))
 
 
 def _load_local(path: Path, device: str | torch.device, shown: str) -> MVG:

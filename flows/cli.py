@@ -82,6 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", type=int, default=100, help="steps between sample-prediction images; 0: none")
     train.set_defaults(run=run_train)
 
+    evaluate = commands.add_parser("evaluate", help="score a model against the baselines on the store's test cases (paper Tables 2 and 3)")
+    evaluate.add_argument("--model", default="models:/mvg@candidate", help="registry URI, MLflow model folder, weights folder or checkpoint")
+    evaluate.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    evaluate.add_argument("--datasets", nargs="+", metavar="D", help="stored datasets (default: every one with test cases)")
+    evaluate.add_argument("--draws", type=int, default=1, help="prompt draws per dataset: mean and spread (paper reviewers)")
+    evaluate.add_argument("--shots", type=int, default=1, help="prompt pairs per query (k-shot)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the prompt draws")
+    evaluate.add_argument("--max-cases", type=int, help="test cases per dataset (default: all)")
+    evaluate.add_argument("--no-promote", dest="promote", action="store_false", help="do not move the champion alias")
+    add_rule_arguments(evaluate)
+    evaluate.set_defaults(run=run_evaluate)
+
+    promote = commands.add_parser("promote", help="move @champion to an evaluated version if the rule says it is as good")
+    promote.add_argument("--model", default="models:/mvg@candidate", help="registry URI of an evaluated version")
+    add_rule_arguments(promote)
+    promote.set_defaults(run=run_promote)
+
     add_predict_parser(commands)
 
     demo = commands.add_parser("demo", help="phantom datasets -> ingest -> train on Ray -> registered model mvg@candidate")
@@ -184,6 +201,48 @@ def run_train(args) -> int:
     )
     if "model_uri" in summary:
         print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
+    return 0
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    from mvg.promotion import RULES
+
+    parser.add_argument("--rule", choices=RULES, default="every",
+                        help="every: as good on every shared dataset; mean: on the mean of the differences")
+    parser.add_argument("--tolerance", type=float, default=0.0, help="allowed loss in the metric's units (mIoU, dB)")
+
+
+def run_evaluate(args) -> int:
+    from flows.evaluate import evaluate_flow
+
+    summary = evaluate_flow(
+        model_uri=args.model, store=str(args.store or store_root()), datasets=args.datasets, draws=args.draws,
+        shots=args.shots, seed=args.seed, max_cases=args.max_cases, promote=args.promote, rule=args.rule,
+        tolerance=args.tolerance,
+    )
+    print_results(summary)
+    return 0
+
+
+def print_results(summary: dict) -> None:
+    """The evaluation's tables, then where they are kept and what promotion decided."""
+    from mvg.evaluation import to_markdown
+
+    titles = {"table2": "Segmentation, mIoU (paper Table 2)", "table3": "Image-to-image tasks (paper Table 3)"}
+    for name, rows in summary["tables"].items():
+        if rows:
+            print(f"\n{titles.get(name, name)}\n{to_markdown(rows)}")
+    print(f"\nevaluation run: {summary['run_id']} (experiment mvg-evaluation)")
+    if "promoted" in summary:
+        verdict = "promoted to @champion" if summary["promoted"] else "not promoted"
+        print(f"version {summary['version']}: {verdict} ({summary['reason']})")
+
+
+def run_promote(args) -> int:
+    from flows.promote import promote_flow
+
+    decision = promote_flow(model_uri=args.model, rule=args.rule, tolerance=args.tolerance)
+    print(f"version {decision['version']}: {'promoted to @champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
     return 0
 
 

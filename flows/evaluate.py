@@ -20,12 +20,11 @@ from prefect.cache_policies import NO_CACHE
 
 from mvg.evaluation import MODEL, DatasetEvaluation, evaluate_dataset, tables, to_csv, to_markdown
 from mvg.loading import load_model, local_model
-from mvg.promotion import PRIMARY_METRIC, PromotionRule, decide
+from flows.promote import promote_flow
+from mvg.promotion import PRIMARY_METRIC, PromotionRule
 from mvg.tracking import (
-    alias_version,
     client,
     ensure_experiment,
-    evaluated_metrics,
     flatten,
     record_evaluation,
     resolve_version,
@@ -69,7 +68,7 @@ def evaluate_flow(
     tolerance: float = 0.0,
 ) -> dict:
     store = str(Path(store) if store else store_root())
-    promotion = PromotionRule(rule, tolerance)
+    PromotionRule(rule, tolerance)  # a bad rule fails before any model is loaded
     available = ZarrStore(store).datasets()
     chosen = datasets or [name for name in available if ZarrStore(store).dataset(name).cases("test")]
     missing = sorted(set(chosen) - set(available))
@@ -110,20 +109,12 @@ def evaluate_flow(
             print(f"\n{name}:\n{to_markdown(rows)}")
 
     summary = {"model_uri": model_uri, "run_id": run_id, "tables": layout, "scores": primary_scores(evaluations)}
-    if version and promote:
-        name, number = version
-        record_evaluation(uri, name, number, {d: {PRIMARY_METRIC[e.task]: summary["scores"][d]} for e in evaluations
-                                              if (d := e.dataset) in summary["scores"]}, run_id)
-        champion = alias_version(uri, name, "champion")
-        champion_scores = None
-        if champion is not None and champion != number:
-            champion_scores = evaluated_metrics(uri, name, champion, {e.dataset: PRIMARY_METRIC[e.task] for e in evaluations})
-        decision = decide(summary["scores"], champion_scores, promotion)
-        mlflow.set_model_version_tag(name, number, "promotion", "champion" if decision.promote else "rejected")
-        mlflow.set_model_version_tag(name, number, "promotion.reason", decision.reason)
-        if decision.promote:
-            mlflow.set_registered_model_alias(name, "champion", number)
-        print(f"{name} version {number}: {'promoted to @champion' if decision.promote else 'not promoted'} ({decision.reason})")
-        summary |= {"version": number, "promoted": decision.promote, "reason": decision.reason}
     mlflow.set_terminated(run_id, "FINISHED")
+    if version:
+        name, number = version
+        recorded = {e.dataset: {PRIMARY_METRIC[e.task]: summary["scores"][e.dataset]} for e in evaluations if e.dataset in summary["scores"]}
+        record_evaluation(uri, name, number, recorded, run_id)
+        summary["version"] = number
+        if promote:
+            summary |= promote_flow(f"models:/{name}/{number}", rule, tolerance)
     return summary

@@ -20,6 +20,13 @@ PRIMARY_METRIC = {"segmentation": "miou", "synthesis": "psnr", "inpainting": "ps
 RULES = ("every", "mean")
 
 
+def primary_scores(recorded: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """{"<dataset> <metric>": value} of the primary metrics among a version's recorded scores
+    (dataset -> metric -> value); keyed with the metric so only like is compared with like."""
+    primary = set(PRIMARY_METRIC.values())
+    return {f"{dataset} {metric}": value for dataset, values in recorded.items() for metric, value in values.items() if metric in primary}
+
+
 @dataclass(frozen=True)
 class PromotionRule:
     mode: str = "every"

@@ -164,7 +164,10 @@ def resolve_version(uri: str, model_uri: str) -> tuple[str, str] | None:
     name, _, rest = model_uri[len("models:/") :].partition("/")
     if "@" in name:
         name, alias = name.split("@", 1)
-        return name, str(client(uri).get_model_version_by_alias(name, alias).version)
+        try:
+            return name, str(client(uri).get_model_version_by_alias(name, alias).version)
+        except Exception as error:  # noqa: BLE001 - MLflow's own error for a missing model, alias or server
+            raise ValueError(f"model {model_uri} does not resolve: {error} (tracking {uri})") from error
     return name, rest
 
 
@@ -185,12 +188,12 @@ def record_evaluation(uri: str, name: str, version: str, metrics: Mapping[str, M
     mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}run_id", run_id)
 
 
-def evaluated_metrics(uri: str, name: str, version: str, metric_of: Mapping[str, str]) -> dict[str, float]:
-    """dataset -> the metric `metric_of[dataset]` recorded on the version, for datasets it has."""
-    tags = client(uri).get_model_version(name, version).tags
-    found = {}
-    for dataset, metric in metric_of.items():
-        value = tags.get(f"{EVAL_TAG}{dataset}.{metric}")
-        if value is not None:
-            found[dataset] = float(value)
+def evaluated_metrics(uri: str, name: str, version: str) -> dict[str, dict[str, float]]:
+    """dataset -> metric -> value, as the evaluate flow recorded them on the version."""
+    found: dict[str, dict[str, float]] = {}
+    for key, value in client(uri).get_model_version(name, version).tags.items():
+        if key.startswith(EVAL_TAG):
+            dataset, dot, metric = key[len(EVAL_TAG) :].rpartition(".")
+            if dot and dataset:  # eval.run_id names the run, not a score
+                found.setdefault(dataset, {})[metric] = float(value)
     return found

@@ -69,3 +69,40 @@ def test_evaluate_refuses_unknown_datasets_and_models(registry, phantom_store, p
         evaluate_flow("models:/mvg/1", store=str(phantom_store), datasets=["nope"])
     with pytest.raises(ValueError, match="does not resolve"):
         evaluate_flow("models:/mvg/9", store=str(phantom_store))
+
+
+def test_promote_runs_alone_on_the_scores_recorded_on_the_versions(registry, prefect_server):
+    from flows.promote import promote_flow
+
+    with pytest.raises(ValueError, match="no evaluation recorded"):
+        promote_flow("models:/mvg/1")
+    with pytest.raises(ValueError, match="registry version"):
+        promote_flow("/a/folder/of/weights")
+    for version, miou, psnr in (("1", "0.70", "20.0"), ("2", "0.72", "19.99")):
+        registry.set_model_version_tag("mvg", version, "eval.acdc.miou", miou)
+        registry.set_model_version_tag("mvg", version, "eval.brats.psnr", psnr)
+        registry.set_model_version_tag("mvg", version, "eval.run_id", "not-a-score")
+    assert promote_flow("models:/mvg/1")["reason"] == "no champion yet"
+
+    every = promote_flow("models:/mvg/2")  # 0.01 dB worse on brats: `every` says no
+    assert not every["promoted"] and "brats psnr" in every["reason"] and every["champion"] == "1"
+    assert registry.get_model_version("mvg", "2").tags["promotion"] == "rejected"
+    mean = promote_flow("models:/mvg/2", rule="mean")  # +0.02 mIoU outweighs -0.01 dB on the mean
+    assert mean["promoted"] and str(registry.get_model_version_by_alias("mvg", "champion").version) == "2"
+    assert promote_flow("models:/mvg/2")["reason"] == "already the champion"
+
+
+def test_mvg_evaluate_prints_the_tables_and_the_decision(registry, phantom_store, prefect_server, capsys):
+    from flows.cli import main
+
+    assert main(["evaluate", "--model", "models:/mvg/1", "--store", str(phantom_store), "--max-cases", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "Segmentation, mIoU (paper Table 2)" in out and "| copy-prompt |" in out and "| identity |" in out
+    assert "version 1: promoted to @champion (no champion yet)" in out
+    assert main(["promote", "--model", "models:/mvg/1"]) == 0
+    assert "already the champion" in capsys.readouterr().out
+
+    assert main(["evaluate", "--model", "models:/mvg@nope", "--store", str(phantom_store)]) == 2
+    assert "models:/mvg@nope does not resolve" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "models:/mvg/1", "--store", str(phantom_store), "--datasets", "nope"]) == 2
+    assert "no stored dataset nope" in capsys.readouterr().err

@@ -45,3 +45,12 @@ def test_unknown_rule_and_negative_tolerance_are_refused():
         PromotionRule("best")
     with pytest.raises(ValueError, match="tolerance"):
         PromotionRule(tolerance=-1)
+
+
+def test_primary_scores_keep_only_primary_metrics_keyed_by_metric():
+    from mvg.promotion import primary_scores
+
+    recorded = {"acdc": {"miou": 0.7, "dice": 0.8}, "brats": {"psnr": 21.0, "ssim": 0.7}}
+    assert primary_scores(recorded) == {"acdc miou": 0.7, "brats psnr": 21.0}
+    # a dataset scored by another metric elsewhere is not compared with it
+    assert not set(primary_scores({"x": {"miou": 0.5}})) & set(primary_scores({"x": {"psnr": 20.0}}))

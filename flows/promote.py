@@ -1,0 +1,43 @@
+"""Prefect flow `promote`: move the `champion` alias to an evaluated registry version when it is at
+least as good as the current champion (mvg.promotion's rule), and record the decision and its reason
+as version tags (`promotion`, `promotion.reason`).
+
+It reads only what the evaluate flow recorded on the versions (`eval.<dataset>.<metric>` tags), so
+it can run on its own, e.g. with another rule, without evaluating anything again.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from mvg.promotion import PromotionRule, decide, primary_scores
+from mvg.tracking import alias_version, client, evaluated_metrics, resolve_version, tracking_uri
+
+CHAMPION = "champion"
+
+
+@flow(name="promote", log_prints=True)
+def promote_flow(model_uri: str = "models:/mvg@candidate", rule: str = "every", tolerance: float = 0.0) -> dict:
+    rule_ = PromotionRule(rule, tolerance)
+    uri = tracking_uri()
+    version = resolve_version(uri, model_uri)
+    if version is None:
+        raise ValueError(f"{model_uri}: only a registry version (models:/NAME/VERSION or models:/NAME@ALIAS) can be promoted")
+    name, number = version
+    candidate = primary_scores(evaluated_metrics(uri, name, number))
+    if not candidate:
+        raise ValueError(f"{name} version {number} has no evaluation recorded: run `mvg evaluate --model {model_uri}` first")
+    champion = alias_version(uri, name, CHAMPION)
+    if champion == number:
+        print(f"{name} version {number} is already @{CHAMPION}")
+        return {"version": number, "promoted": True, "reason": f"already the {CHAMPION}", "champion": number}
+    champion_scores = None if champion is None else primary_scores(evaluated_metrics(uri, name, champion))
+    decision = decide(candidate, champion_scores, rule_)
+    mlflow = client(uri)
+    mlflow.set_model_version_tag(name, number, "promotion", CHAMPION if decision.promote else "rejected")
+    mlflow.set_model_version_tag(name, number, "promotion.reason", decision.reason)
+    if decision.promote:
+        mlflow.set_registered_model_alias(name, CHAMPION, number)
+        champion = number
+    print(f"{name} version {number}: {'promoted to @' + CHAMPION if decision.promote else 'not promoted'} ({decision.reason})")
+    return {"version": number, "promoted": decision.promote, "reason": decision.reason, "champion": champion}

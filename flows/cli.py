@@ -101,11 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_parser(commands)
 
-    demo = commands.add_parser("demo", help="phantom datasets -> ingest -> train on Ray -> registered model mvg@candidate")
-    demo.add_argument("--cases", type=int, default=8)
+    demo = commands.add_parser("demo", help="the pipeline on phantoms: ingest -> train on Ray -> evaluate -> promote")
+    demo.add_argument("--cases", type=int, default=8, help="phantom cases per task")
     demo.add_argument("--size", type=int, default=128, help="phantom and store in-plane size")
     demo.add_argument("--workers", type=int, default=2, help="Dask workers for ingest")
     demo.add_argument("--steps", type=int, help="training steps (default: the tiny-cpu preset's)")
+    demo.add_argument("--fresh", action="store_true", help="start over: delete the demo's earlier results first")
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -269,37 +270,30 @@ def run_store(args) -> int:
 
 
 def run_demo(args) -> int:
-    """Phantoms -> ingest -> train -> register; a re-run reuses the stores and the finished run.
-    Evaluation joins when the evaluate flow lands."""
-    from storage.phantoms import PHANTOM_TASKS, write_phantoms
-
+    """The pipeline flow on phantoms of every task, then where everything is and how to look at it."""
     home = mvg_home()
-    failures = 0
-    for task in PHANTOM_TASKS:
-        source = home / "phantoms" / f"phantom-{task}"
-        if not (source / "dataset.json").exists():
-            write_phantoms(task, source, cases=args.cases, seed=0, size=args.size, slices=32)
-        failures += run_ingest(
-            argparse.Namespace(
-                source=source, spec=None, store=store_root(), workers=args.workers, dask_address=None,
-                size=args.size, name=None, input_channel=None, target_channel=None,
-            )
-        )
-    run_store(argparse.Namespace(store=store_root(), json=False, preview=home / "previews"))
-    from flows.train import train_flow
-    from mvg.tracking import tracking_uri
+    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
+        # the runs go into a database beside the demo's other results, where `prefect server start` finds them
+        os.environ["PREFECT_HOME"] = str(home / "prefect")
+    from flows.pipeline import pipeline_flow
+    from storage.preview import write_previews
 
-    summary = train_flow(
-        preset="tiny-cpu", overrides={"optim": {"steps": args.steps}} if args.steps else None, store=str(store_root()),
-        workers=1, cpus_per_worker=os.cpu_count() or 1, run_name="demo",
+    summary = pipeline_flow(
+        cases=args.cases, size=args.size, steps=args.steps, ingest_workers=args.workers, fresh=args.fresh,
     )
-    print(f"\nstore:            {store_root()}")
-    print(f"open a case:      napari --plugin napari-ome-zarr {store_root()}/<dataset>.zarr/<case>/image")
-    print(f"MLflow tracking:  {tracking_uri()}")
-    print(f"registered model: {summary['model_uri']} (alias models:/mvg@candidate)")
-    if tracking_uri().startswith("sqlite:"):
-        print(f"MLflow UI:        mlflow ui --backend-store-uri {tracking_uri()}  # then open http://127.0.0.1:5000")
-    return 1 if failures else 0
+    previews = write_previews(summary["store"], home / "previews")
+    print_results({"tables": summary["tables"], "run_id": summary["evaluation_run_id"], **summary["promotion"]})
+    uri = summary["tracking_uri"]
+    print(f"\nstore:            {summary['store']}  (previews: {previews[0].parent if previews else '-'})")
+    print(f"open a case:      napari --plugin napari-ome-zarr {summary['store']}/<dataset>.zarr/<case>/image")
+    print(f"MLflow tracking:  {uri}")
+    print(f"registered model: {summary['training']['model_uri']} (models:/mvg@candidate)")
+    if uri.startswith("sqlite:"):
+        print(f"MLflow UI:        mlflow ui --backend-store-uri {uri} --port 5000  # then open http://127.0.0.1:5000")
+    if "PREFECT_API_URL" not in os.environ:
+        print(f"Prefect UI:       PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start  # then open http://127.0.0.1:4200")
+    failed = sum(counts["failed"] for counts in summary["ingested"].values())
+    return 1 if failed else 0
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

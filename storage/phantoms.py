@@ -628,6 +628,23 @@ def write_phantoms(task: str, out: str | Path, cases: int = 8, seed: int = 0, si
     return out
 
 
+def phantoms_written(out: str | Path, task: str, cases: int = 8, seed: int = 0, size: int = 128, slices: int = 32) -> bool:
+    """Whether `out` already holds every case `write_phantoms` would write with these settings
+    (the same generator output), so a re-run can reuse it instead of writing it again."""
+    out = Path(out)
+    try:
+        description = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return False
+    phantom = _PHANTOMS.get(task)
+    settings = {"task": task, "seed": seed, "size": size, "slices": slices}
+    if phantom is None or description.get("phantom") != settings or description.get("numTraining") != cases:
+        return False
+    images = list((out / "imagesTr").glob(f"*{phantom.file_ending}"))
+    labels = list((out / "labelsTr").glob(f"*{phantom.file_ending}")) if (out / "labelsTr").is_dir() else []
+    return len(images) == cases * len(phantom.channel_names) and len(labels) in (0, cases)
+
+
 def _check_arguments(task: str, seed: int, size: int, slices: int) -> None:
     if task not in PHANTOM_TASKS:
         raise ValueError(f"unknown phantom task {task!r}; choose one of {', '.join(PHANTOM_TASKS)}")

@@ -1,0 +1,132 @@
+"""Prefect flow `pipeline`: the whole job on one machine, phantoms -> ingest -> train -> evaluate ->
+promote. Every stage is a flow of its own: it runs alone (`mvg ingest`, `mvg train`, ...) and shows
+as a subflow of the pipeline run in the Prefect UI.
+
+A re-run reuses what is done: phantom folders written with the same settings, cases whose source
+did not change (the ingest flow skips them), a training run that already finished under the same
+run name (the train flow registers nothing twice). Evaluation and promotion run again; they take
+seconds. `fresh=True` starts over: phantoms and store are written again and a new training run
+(`<run_name>-<time>`) trains and registers a new version; the MLflow history is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from tqdm.auto import tqdm
+
+from flows.evaluate import evaluate_flow
+from flows.ingest import ingest_flow
+from flows.promote import promote_flow
+from flows.train import train_flow
+from mvg.evaluation import to_markdown
+from mvg.tracking import tracking_uri
+from storage.home import mvg_home, store_root
+from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
+
+# what `fresh` deletes under MVG_HOME: the data, never the tracking history
+REWRITTEN_WHEN_FRESH = ("phantoms", "store", "previews")
+
+
+@flow(name="phantoms", log_prints=True)
+def phantoms_flow(
+    root: str | None = None,
+    tasks: list[str] | None = None,
+    cases: int = 8,
+    size: int = 128,
+    slices: int = 32,
+    seed: int = 0,
+) -> list[str]:
+    """Synthetic datasets in nnU-Net v2 layout, one folder per task under `root`
+    (default $MVG_HOME/phantoms); a folder already written with the same settings is reused."""
+    root_path = Path(root) if root else mvg_home() / "phantoms"
+    folders = []
+    for task in tasks or PHANTOM_TASKS:
+        out = root_path / f"phantom-{task}"
+        if phantoms_written(out, task, cases, seed, size, slices):
+            print(f"phantom-{task}: {cases} case(s) already written in {out}")
+        else:
+            with tqdm(total=cases, unit="case", desc=f"phantoms {task}") as bar:
+                write_phantoms(task, out, cases, seed, size, slices, progress=lambda done: bar.update(done - bar.n))
+        folders.append(str(out))
+    return folders
+
+
+def start_over(home: Path, run_name: str) -> str:
+    """Delete the phantoms and the store; return the name of a new training run."""
+    for name in REWRITTEN_WHEN_FRESH:
+        shutil.rmtree(home / name, ignore_errors=True)
+    return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="pipeline", log_prints=True)
+def pipeline_flow(
+    cases: int = 8,
+    size: int = 128,
+    slices: int = 32,
+    preset: str = "tiny-cpu",
+    steps: int | None = None,
+    run_name: str = "demo",
+    ingest_workers: int = 2,
+    draws: int = 1,
+    rule: str = "every",
+    tolerance: float = 0.0,
+    fresh: bool = False,
+) -> dict:
+    """Phantoms of every task -> the Zarr store -> `preset` trained on Ray (run `run_name`) ->
+    registered `mvg@candidate` -> evaluated beside the baselines -> `@champion` if it is as good."""
+    home = mvg_home()
+    if fresh:
+        run_name = start_over(home, run_name)
+    store = str(store_root())
+    sources = phantoms_flow(str(home / "phantoms"), cases=cases, size=size, slices=slices)
+
+    ingested = {}
+    for source in sources:
+        # a failed case fails that ingest run, not the pipeline: the good cases are in the store
+        state = ingest_flow(source, store=store, workers=ingest_workers, size=size, return_state=True)
+        result = state.result(raise_on_failure=False)
+        if not isinstance(result, dict):
+            raise RuntimeError(f"ingest of {source} crashed: {result}")
+        ingested[result["dataset"]] = {key: result[key] for key in ("ingested", "skipped", "failed")}
+
+    training = train_flow(
+        preset=preset,
+        overrides={"optim": {"steps": steps}} if steps else None,
+        store=store,
+        workers=1,
+        cpus_per_worker=os.cpu_count() or 1,
+        run_name=run_name,
+    )
+    evaluation = evaluate_flow(model_uri=training["model_uri"], store=store, draws=draws, promote=False)
+    promotion = promote_flow(training["model_uri"], rule=rule, tolerance=tolerance)
+
+    summary = {
+        "home": str(home),
+        "store": store,
+        "tracking_uri": tracking_uri(),
+        "ingested": ingested,
+        "training": {key: training[key] for key in ("run_name", "run_id", "step", "model_uri", "model_reused")},
+        "evaluation_run_id": evaluation["run_id"],
+        "tables": evaluation["tables"],
+        "promotion": promotion,
+    }
+    create_markdown_artifact(key="pipeline-summary", markdown=summary_markdown(summary), description="pipeline results")
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    tables = "\n\n".join(to_markdown(rows) for rows in summary["tables"].values() if rows)
+    promotion = summary["promotion"]
+    verdict = "promoted to `@champion`" if promotion["promoted"] else "not promoted"
+    return (
+        f"# Pipeline results\n\n"
+        f"Model `{summary['training']['model_uri']}` (run `{summary['training']['run_name']}`, step "
+        f"{summary['training']['step']}): {verdict}, {promotion['reason']}.\n\n{tables}\n\n"
+        f"Store `{summary['store']}`; tracking `{summary['tracking_uri']}`.\n"
+    )

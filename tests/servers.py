@@ -4,14 +4,18 @@ stopping a server by its process group so nothing it spawned is left running."""
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -73,3 +77,152 @@ def mlflow_server(folder: Path) -> Iterator[tuple[str, Path]]:
         uri = f"http://127.0.0.1:{port}"
         wait_for_http(f"{uri}/health", server, log)
         yield uri, artifacts
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports on 127.0.0.1: all probes stay bound until every port is chosen,
+    so no two are the same (free_port called twice may answer the same port)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
+def processes_mentioning(text: str) -> list:
+    """Every live process (psutil.Process) whose command line contains `text`, this one excepted."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid != os.getpid() and text in " ".join(process.info["cmdline"] or ()):
+            found.append(process)
+    return found
+
+
+@dataclass(frozen=True)
+class RayHead:
+    process: subprocess.Popen  # `ray start --head --block`, leader of its own process group
+    gcs_address: str  # 127.0.0.1:PORT, what RAY_ADDRESS names inside a job
+    dashboard_url: str  # http://127.0.0.1:PORT: job submission and the state API
+    token: str  # this head's own authentication token (Ray's token auth is on by default)
+    temp_dir: Path  # logs, sockets and session files of this head only
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers for the dashboard: JobSubmissionClient(url, headers=...), StateApiClient."""
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@contextmanager
+def ray_head(log: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[RayHead]:
+    """`ray start --head --block` bound to 127.0.0.1, every port free or left to the OS, its own short
+    temp dir (Ray's unix socket paths must stay under ~107 characters) and its own auth token (not
+    ~/.ray/auth_token, which other tests' local Ray share). Stopped by its process group, never
+    `ray stop` (which stops every Ray on the machine); on a clean exit it fails if any process of the
+    head outlives the stop or still names its temp dir."""
+    gcs, dashboard, client, agent_http, agent_grpc, runtime_env_agent, metrics = free_ports(7)
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    command = [
+        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats",
+        "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(num_cpus), "--num-gpus", "0",
+        "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client),
+        "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
+        "--runtime-env-agent-port", str(runtime_env_agent), "--metrics-export-port", str(metrics),
+        "--min-worker-port", "0", "--max-worker-port", "0",  # workers, node and object managers: OS-chosen ports
+        "--temp-dir", str(temp_dir),
+    ]
+    token = secrets.token_hex(32)
+    env = {key: value for key, value in (env or os.environ).items() if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    env |= {
+        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,  # inherited by the jobs' drivers and workers
+        # Ray turns --node-ip-address 127.0.0.1 into the machine's routable address, and its gRPC servers then
+        # listen on every interface; single-machine mode (Ray's own on macOS and Windows) keeps the node at
+        # 127.0.0.1, where they listen on loopback only
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        # on SIGTERM `ray start --block` first drains the node for up to 30 s (for Serve); nothing here to drain
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    head = RayHead(process, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", token, temp_dir)
+    try:
+        _wait_for_job_api(head, log)
+        yield head
+    except BaseException:
+        _stop_ray_head(head, check=False)
+        raise
+    _stop_ray_head(head, check=True)
+
+
+def _wait_for_job_api(head: RayHead, log: Path, timeout: float = 120) -> None:
+    """Poll the dashboard's job API (behind the token) until it answers; fail with the head's log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            request = urllib.request.Request(f"{head.dashboard_url}/api/version", headers=head.headers)
+            if urllib.request.urlopen(request, timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        if head.process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray head's job API did not come up: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+def _stop_ray_head(head: RayHead, check: bool, grace: float = 30) -> None:
+    import psutil
+
+    try:
+        spawned = [psutil.Process(head.process.pid), *psutil.Process(head.process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        spawned = []
+    stop_group(head.process)
+    # workers and agents may sit in process groups of their own: they exit when the raylet goes
+    _, survivors = psutil.wait_procs(spawned, timeout=grace)
+    survivors = {p.pid: p for p in [*survivors, *processes_mentioning(str(head.temp_dir))]}
+    leftovers = []
+    for process in survivors.values():
+        try:
+            leftovers.append(f"{process.pid} {' '.join(process.cmdline())}")
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    shutil.rmtree(head.temp_dir, ignore_errors=True)
+    if check and leftovers:
+        raise AssertionError("Ray processes outlived the head's stop:\n" + "\n".join(leftovers))
+
+
+def processes_with_environment(key: str, value: str) -> list[str]:
+    """'PID COMMAND LINE' of every live process (of this user; others' environments cannot be read)
+    whose environment has `key=value`: whatever a server, a worker or their children started
+    inherits the environment, wherever it sits in the process tree."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == os.getpid():
+            continue
+        try:
+            if process.environ().get(key) == value:
+                found.append(f"{process.pid} {' '.join(process.cmdline())}")
+        except psutil.Error:
+            continue
+    return found
+
+
+def stop_processes_with_environment(key: str, value: str, grace: float = 30) -> list[str]:
+    """Wait up to `grace` seconds for the processes with `key=value` in their environment to end,
+    SIGKILL (by pid) those still there, and return them as 'PID COMMAND LINE' lines."""
+    deadline = time.monotonic() + grace
+    while (left := processes_with_environment(key, value)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for line in left:
+        try:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left

@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_rule_arguments(promote)
     promote.set_defaults(run=run_promote)
 
+    finetune = commands.add_parser("finetune", help="adapt a registered model to a new dataset from a few cases; register a new version")
+    finetune.add_argument("sources", nargs="+", metavar="SOURCE", help="a dataset in the store, or a dataset folder / manifest to ingest")
+    finetune.add_argument("--model", default="models:/mvg@champion", help="the model to start from (registry URI, folder or checkpoint)")
+    finetune.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    finetune.add_argument("--cases", type=int, default=1, help="training cases per dataset (paper: one)")
+    finetune.add_argument("--steps", type=int, default=200)
+    finetune.add_argument("--lr", type=float, default=1e-4)
+    finetune.add_argument("--warmup-steps", type=int, default=10)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--spec", help="built-in spec to ingest a SOURCE folder with")
+    finetune.add_argument("--size", type=int, default=512, help="store in-plane size for an ingested SOURCE")
+    finetune.add_argument("--run-name", help="MLflow run name (default: finetune-<datasets>-<time>)")
+    finetune.add_argument("--alias", default="finetuned", help="alias of the new version")
+    finetune.set_defaults(run=run_finetune)
+
     add_predict_parser(commands)
 
     demo = commands.add_parser("demo", help="the pipeline on phantoms: ingest -> train on Ray -> evaluate -> promote")
@@ -244,6 +259,20 @@ def run_promote(args) -> int:
 
     decision = promote_flow(model_uri=args.model, rule=args.rule, tolerance=args.tolerance)
     print(f"version {decision['version']}: {'promoted to @champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+    return 0
+
+
+def run_finetune(args) -> int:
+    from flows.finetune import finetune_flow
+
+    summary = finetune_flow(
+        sources=[str(source) for source in args.sources], model_uri=args.model, store=str(args.store or store_root()),
+        cases=args.cases, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, spec=args.spec,
+        size=args.size, run_name=args.run_name, alias=args.alias,
+    )
+    chosen = "; ".join(f"{dataset}: {', '.join(cases)}" for dataset, cases in summary["cases"].items())
+    print(f"fine-tuned {summary['parent']} on {chosen}")
+    print(f"registered {summary['model_uri']} (alias @{args.alias}); evaluate it: mvg evaluate --model {summary['model_uri']} --datasets {' '.join(summary['cases'])}")
     return 0
 
 

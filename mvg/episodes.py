@@ -34,7 +34,7 @@ crops) with pixels decoded from a Painter-style export of one 8-bit PNG per slic
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -208,7 +208,8 @@ class EpisodeSampler:
     `store_roots`: store roots, dataset folders, or StoredDataset objects. `datasets`: the names to
     use (default: all found). `include_detection`: the store's detection datasets (DeepLesion, box
     masks) join segmentation as label maps; off by default, because the paper paints detection as
-    the image with its box overlaid -- a fifth task our config does not have.
+    the image with its box overlaid -- a fifth task our config does not have. `cases`: dataset ->
+    the only cases of it to draw from (few-shot fine-tuning on one or a few cases).
     """
 
     def __init__(
@@ -223,6 +224,7 @@ class EpisodeSampler:
         datasets: Sequence[str] | None = None,
         worker: int = 0,
         include_detection: bool = False,
+        cases: Mapping[str, Sequence[str]] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
@@ -232,6 +234,7 @@ class EpisodeSampler:
             raise ValueError(f"an episode needs at least one prompt pair, not {data.prompts}")
         self.data, self.objective, self.split = data, objective, split
         self.seed, self.rank, self.world_size, self.worker = seed, rank, world_size, worker
+        self.only_cases = {name: list(chosen) for name, chosen in (cases or {}).items()}  # few-shot fine-tuning
         self.rng = np.random.default_rng([seed, rank, worker])
         stored = open_datasets(store_roots)
         # the colour table spans every segmentation dataset found, whatever the split or the
@@ -270,6 +273,12 @@ class EpisodeSampler:
             self.skipped[dataset.name] = f"task {task!r} is not one of {', '.join(TASKS)}"
             return None
         cases = dataset.cases(self.split)
+        if dataset.name in self.only_cases:
+            wanted = self.only_cases[dataset.name]
+            unknown = sorted(set(wanted) - set(cases))
+            if unknown:
+                raise KeyError(f"{dataset.name} has no {self.split!r} case {', '.join(unknown)}")
+            cases = [case for case in cases if case in set(wanted)]
         if not cases:
             self.skipped[dataset.name] = f"no {self.split!r} cases"
             return None

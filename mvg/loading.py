@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from mvg.config import MVGConfig
 from mvg.model import MVG
 from mvg.pyfunc import CONFIG_FILE, WEIGHTS_FILE, load_weights, using_tracking_uri
 from mvg.train import CHECKPOINT_FILE, load_trained
@@ -49,20 +50,26 @@ def local_model(source: str | Path):
 
 def load_model(source: str | Path, device: str | torch.device = "cpu") -> MVG:
     """The MVG (eval mode, on `device`) at `source`: an MLflow model URI or a local folder."""
+    return load_model_and_config(source, device)[0]
+
+
+def load_model_and_config(source: str | Path, device: str | torch.device = "cpu") -> tuple[MVG, MVGConfig]:
+    """The MVG at `source` and the full config it was trained with (what fine-tuning goes on with)."""
     with local_model(source) as folder:
         # the weights are read into memory before a download is deleted
         return _load_local(folder, device, str(source))
 
 
-def _load_local(path: Path, device: str | torch.device, shown: str) -> MVG:
+def _load_local(path: Path, device: str | torch.device, shown: str) -> tuple[MVG, MVGConfig]:
     folder = path.parent if path.is_file() else path  # model.safetensors, checkpoint.pt or MLmodel itself
     candidates = (folder, folder / MLFLOW_WEIGHTS)
     weights = next((d for d in candidates if (d / CONFIG_FILE).is_file() and (d / WEIGHTS_FILE).is_file()), None)
     try:
         if weights is not None:
-            return load_weights(weights, device=device)[0]
+            return load_weights(weights, device=device)
         if (folder / CHECKPOINT_FILE).is_file():
-            return load_trained(folder)[0].to(device)
+            model, config, _ = load_trained(folder)
+            return model.to(device), config
     except Exception as error:  # a corrupt or foreign file of any kind becomes one clear error
         raise ValueError(f"model {shown} cannot be loaded from {folder}: {type(error).__name__}: {error}") from error
     raise ValueError(

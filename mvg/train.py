@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,13 +54,24 @@ class TrainingState:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        initial_weights: dict[str, torch.Tensor] | None = None,
+        cases: Mapping[str, Sequence[str]] | None = None,
     ) -> TrainingState:
+        """`initial_weights`: a trained model's state dict to go on from (fine-tuning) instead of a
+        fresh initialisation; `cases`: dataset -> the only cases to train on (and then only
+        those datasets)."""
         device = torch.device(device)
         torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
-        model = MVG(config).to(device).train()
+        model = MVG(config)
+        if initial_weights is not None:
+            model.load_state_dict(initial_weights)
+        model = model.to(device).train()
         torch.manual_seed(seed * 1000 + rank + 1)  # then each rank its own dropout / drop-path draws
         optimizer, schedule = make_optimizer(model, config.optim)
-        sampler = EpisodeSampler(stores, config.data, config.objective, seed=seed, rank=rank, world_size=world_size)
+        sampler = EpisodeSampler(
+            stores, config.data, config.objective, seed=seed, rank=rank, world_size=world_size,
+            datasets=list(cases) if cases else None, cases=cases,
+        )
         masking = torch.Generator().manual_seed(seed * 1000 + rank)
         return cls(config, model, optimizer, schedule, sampler, masking, device, seed, rank)
 
@@ -226,11 +237,14 @@ def train(
     on_log: Callable[[dict], None] | None = None,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    initial_weights: dict[str, torch.Tensor] | None = None,
+    cases: Mapping[str, Sequence[str]] | None = None,
 ) -> TrainResult:
     """Train (or resume training from `checkpoint_dir`) up to `steps` (default: the config's) in
-    this process, on episodes from `stores`."""
+    this process, on episodes from `stores`; from `initial_weights` on `cases` only when given
+    (see TrainingState.create)."""
     steps = steps or config.optim.steps
-    state = TrainingState.create(config, stores, device, seed)
+    state = TrainingState.create(config, stores, device, seed, initial_weights=initial_weights, cases=cases)
     checkpoint = load_checkpoint(checkpoint_dir)
     if checkpoint is not None:
         state.restore(checkpoint)

@@ -61,6 +61,30 @@ def phantom_store(tmp_path_factory, dask_cluster) -> Path:
     return root / "store"
 
 
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    """Two versions of `mvg` (the same small untrained weights) in a private SQLite registry
+    under a fresh MVG_HOME; yields the MLflow client."""
+    import torch
+
+    from mvg.config import preset
+    from mvg.model import MVG
+    from mvg.pyfunc import log_mvg_model
+    from mvg.tracking import client, ensure_experiment, tracking_uri
+
+    monkeypatch.setenv("MVG_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})
+    mlflow = client()
+    experiment = ensure_experiment(mlflow)
+    torch.manual_seed(0)
+    model = MVG(config)
+    for _ in range(2):
+        run = mlflow.create_run(experiment)
+        log_mvg_model(model, config, run.info.run_id, uri=tracking_uri())
+    return mlflow
+
+
 def ct_case(seed: int, shape=(48, 40, 12)) -> tuple[np.ndarray, np.ndarray]:
     """A small CT-like volume in HU with two labelled blobs whose position depends on the seed."""
     rng = np.random.default_rng(seed)

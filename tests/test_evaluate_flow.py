@@ -4,32 +4,8 @@ artifacts, version tags, and the champion alias moved by the rule."""
 from __future__ import annotations
 
 import pytest
-import torch
-
-from mvg.config import preset
-from mvg.model import MVG
 
 pytestmark = pytest.mark.slow
-
-CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})
-
-
-@pytest.fixture
-def registry(tmp_path, monkeypatch):
-    """Two versions of `mvg` in a private SQLite registry: v1 and v2 with the same weights."""
-    from mvg.pyfunc import log_mvg_model
-    from mvg.tracking import client, ensure_experiment, tracking_uri
-
-    monkeypatch.setenv("MVG_HOME", str(tmp_path))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    mlflow = client()
-    experiment = ensure_experiment(mlflow)
-    torch.manual_seed(0)
-    model = MVG(CONFIG)
-    for _ in range(2):
-        run = mlflow.create_run(experiment)
-        log_mvg_model(model, CONFIG, run.info.run_id, uri=tracking_uri())
-    return mlflow
 
 
 def test_evaluate_writes_paper_tables_and_moves_the_champion_by_the_rule(registry, phantom_store, prefect_server):

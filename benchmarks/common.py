@@ -16,6 +16,7 @@ from pathlib import Path
 def scratch(work: Path | None, prefix: str) -> Iterator[Path]:
     """`work` if given (kept, so expensive inputs are reused), else a temporary folder removed after."""
     folder = Path(work or tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
     finally:

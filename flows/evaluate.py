@@ -26,6 +26,7 @@ from mvg.tracking import (
     client,
     ensure_experiment,
     flatten,
+    logged_model_id,
     record_evaluation,
     resolve_version,
     tracking_uri,
@@ -89,10 +90,13 @@ def evaluate_flow(
     run_id = run.info.run_id
     for key, value in flatten({"model_uri": model_uri, "draws": draws, "shots": shots, "seed": seed, "store": store}).items():
         mlflow.log_param(run_id, key, value)
+    # MLflow 3: metrics of a run can belong to a logged model, and then show on its registry version
+    model_id = logged_model_id(uri, *version) if version else None
     for evaluation in evaluations:
         for row in evaluation.summary_rows():
             if not math.isnan(row["mean"]):
-                mlflow.log_metric(run_id, f"{row['dataset']}.{row['method']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", ""), row["mean"])
+                key = f"{row['dataset']}.{row['method']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", "")
+                mlflow.log_metric(run_id, key, row["mean"], model_id=model_id)
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         for name, rows in layout.items():

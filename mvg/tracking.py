@@ -171,6 +171,16 @@ def resolve_version(uri: str, model_uri: str) -> tuple[str, str] | None:
     return name, rest
 
 
+def logged_model_id(uri: str, name: str, version: str) -> str | None:
+    """The MLflow 3 logged model behind a registry version: its `model_id`, or, where the registry
+    leaves that empty (SQLite), the id in its source URI `models:/m-...`."""
+    found = client(uri).get_model_version(name, version)
+    if found.model_id:
+        return found.model_id
+    source = found.source or ""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
+
+
 def alias_version(uri: str, name: str, alias: str) -> str | None:
     try:
         return str(client(uri).get_model_version_by_alias(name, alias).version)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from mvg.tracking import logged_model_id
+
 pytestmark = pytest.mark.slow
 
 
@@ -24,6 +26,8 @@ def test_evaluate_writes_paper_tables_and_moves_the_champion_by_the_rule(registr
     tags = registry.get_model_version("mvg", "1").tags
     assert float(tags["eval.phantom-segmentation.miou"]) == pytest.approx(first["scores"]["phantom-segmentation"], rel=1e-5)
     assert tags["promotion"] == "champion"
+    logged = registry.get_logged_model(logged_model_id(registry.tracking_uri, "mvg", "1"))
+    assert {"phantom-segmentation.model.mIoU", "phantom-synthesis.identity.PSNR"} <= {m.key for m in logged.metrics}
 
     # the same weights score the same: at least as good, so v2 becomes champion ...
     second = evaluate_flow("models:/mvg/2", store=str(phantom_store), max_cases=1, draws=2)

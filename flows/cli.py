@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(commands)
 
     demo = commands.add_parser("demo", help="the pipeline on phantoms: ingest -> train on Ray -> evaluate -> promote")
-    demo.add_argument("--cases", type=int, default=8, help="phantom cases per task")
-    demo.add_argument("--size", type=int, default=128, help="phantom and store in-plane size")
+    demo.add_argument("--cases", type=int, help="phantom cases per task (default: 8)")
+    demo.add_argument("--size", type=int, help="phantom and store in-plane size (default: 64, tiny-cpu's)")
     demo.add_argument("--workers", type=int, default=2, help="Dask workers for ingest")
     demo.add_argument("--steps", type=int, help="training steps (default: the tiny-cpu preset's)")
     demo.add_argument("--fresh", action="store_true", help="start over: delete the demo's earlier results first")
@@ -307,9 +307,8 @@ def run_demo(args) -> int:
     from flows.pipeline import pipeline_flow
     from storage.preview import write_previews
 
-    summary = pipeline_flow(
-        cases=args.cases, size=args.size, steps=args.steps, ingest_workers=args.workers, fresh=args.fresh,
-    )
+    chosen = {"cases": args.cases, "size": args.size, "steps": args.steps}
+    summary = pipeline_flow(ingest_workers=args.workers, fresh=args.fresh, **{k: v for k, v in chosen.items() if v is not None})
     previews = write_previews(summary["store"], home / "previews")
     print_results({"tables": summary["tables"], "run_id": summary["evaluation_run_id"], **summary["promotion"]})
     uri = summary["tracking_uri"]

@@ -29,6 +29,9 @@ from mvg.tracking import tracking_uri
 from storage.home import mvg_home, store_root
 from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
 
+# the demo's phantoms: stored at tiny-cpu's own size, so nothing is resized between store and model
+DEMO_CASES, DEMO_SIZE, DEMO_SLICES = 8, 64, 32
+
 # what `fresh` deletes under MVG_HOME: the data, never the tracking history
 REWRITTEN_WHEN_FRESH = ("phantoms", "store", "previews")
 
@@ -66,9 +69,9 @@ def start_over(home: Path, run_name: str) -> str:
 
 @flow(name="pipeline", log_prints=True)
 def pipeline_flow(
-    cases: int = 8,
-    size: int = 128,
-    slices: int = 32,
+    cases: int = DEMO_CASES,
+    size: int = DEMO_SIZE,
+    slices: int = DEMO_SLICES,
     preset: str = "tiny-cpu",
     steps: int | None = None,
     run_name: str = "demo",

@@ -94,13 +94,20 @@ class FitOutcome:
     checkpoint: Path  # directory holding checkpoint.pt
 
 
+def runtime_env_vars() -> dict[str, str]:
+    """RAY_ENV less what this process's environment already sets. Inside a Ray job the driver's
+    environment holds the job's env_vars, and Ray refuses to merge a runtime env that sets any of
+    them again, even to the same value; the job's own then reach every worker anyway."""
+    return {key: value for key, value in RAY_ENV.items() if key not in os.environ}
+
+
 def fit(job: TrainJob, on_step: Callable[[int, int], None] | None = None) -> FitOutcome:
     """Run (or resume) the job on Ray Train and wait for it. `on_step(step, rank)` runs on every
     worker after every step (progress hooks, fault injection in tests)."""
     if not ray.is_initialized():
         # the cluster RAY_ADDRESS names, else a local one (its dashboard stays: Ray Train's
         # placement-group cleaner polls the state API it serves)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env={"env_vars": RAY_ENV})
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env={"env_vars": runtime_env_vars()})
     loop_config = job.loop_config()
     if on_step is not None:
         loop_config["on_step"] = on_step

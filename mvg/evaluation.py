@@ -117,6 +117,7 @@ def paint_volume(
     colouring: Colouring | None = None,
     classes: Iterable[int] | None = None,
     decode: str = "prompt",
+    cache: bool = True,
 ) -> np.ndarray:
     """Paint the target of every slice of `query` (Zq, Hq, Wq) from k prompt volumes.
 
@@ -124,7 +125,10 @@ def paint_volume(
     segmentation, images in [0, 1] otherwise. Query slice n is painted from slice
     `prompt_slice_index(n, Zp_j, Zq)` of every prompt volume j. Segmentation colours the labels with
     `colouring`, else with `volume_colouring(prompt_targets, classes)`, and decodes as `decode` says
-    (module docstring). Returns int64 labels or float32 images in [0, 1], shaped like `query`."""
+    (module docstring). Returns int64 labels or float32 images in [0, 1], shaped like `query`.
+    `cache=False` re-encodes the prompts with every query slice (`MVG.predict_uncached`) instead of
+    encoding each distinct prompt once (`MVG.predict`): the same prediction, slower; the baseline
+    that benchmarks/evaluate.py measures the prompt cache against."""
     _check_volumes(model, prompt_images, prompt_targets, query, task, batch_size, decode)
     if device is not None:
         model.to(device)
@@ -147,12 +151,12 @@ def paint_volume(
                 _prompt_pair(images, targets, rows, depth, size, device, colouring, levels)
                 for images, targets in zip(prompt_images, prompt_targets)
             ]
-            prediction = model.predict(
-                queries,
-                torch.stack([images for images, _, _ in pairs], dim=1),
-                torch.stack([targets for _, targets, _ in pairs], dim=1),
-                task,
-            )
+            shown_images = torch.stack([images for images, _, _ in pairs], dim=1)
+            shown_targets = torch.stack([targets for _, targets, _ in pairs], dim=1)
+            if cache:
+                prediction = model.predict(queries, shown_images, shown_targets, task)
+            else:
+                prediction = model.predict_uncached(queries, shown_images, shown_targets)
             if segmentation:
                 shown = torch.stack([present for _, _, present in pairs]).any(dim=0)
                 allowed = shown if decode == "prompt" else torch.ones_like(shown)

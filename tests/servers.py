@@ -62,6 +62,11 @@ def server_process(command: list[str], log: Path, env: dict[str, str] | None = N
             stop_group(process)
 
 
+# the tests need tracking and the registry only: no telemetry, and no job runner (MLflow 3's server
+# otherwise forks a pool of huey consumer processes that compete with the test for the CPU)
+MLFLOW_SERVER_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 @contextmanager
 def mlflow_server(folder: Path) -> Iterator[tuple[str, Path]]:
     """`mlflow server` on 127.0.0.1 with its own SQLite backend and artifact store under `folder`:
@@ -73,15 +78,15 @@ def mlflow_server(folder: Path) -> Iterator[tuple[str, Path]]:
         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}", "--artifacts-destination", str(artifacts),
     ]
     log = folder / "mlflow-server.log"
-    with server_process(command, log, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}) as server:
+    with server_process(command, log, env={**os.environ, **MLFLOW_SERVER_ENV}) as server:
         uri = f"http://127.0.0.1:{port}"
         wait_for_http(f"{uri}/health", server, log)
         yield uri, artifacts
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports on 127.0.0.1: all probes stay bound until every port is chosen,
-    so no two are the same (free_port called twice may answer the same port)."""
+    """`count` distinct free ports on 127.0.0.1: every probe stays bound until all are chosen, so no
+    port repeats (free_port called twice may answer the same one)."""
     probes = [socket.socket() for _ in range(count)]
     try:
         for probe in probes:
@@ -103,9 +108,16 @@ def processes_mentioning(text: str) -> list:
     return found
 
 
+def ray_cli() -> str | None:
+    """The `ray` command of this interpreter's environment, else the one on PATH."""
+    beside = Path(sys.executable).with_name("ray")
+    return str(beside) if beside.exists() else shutil.which("ray")
+
+
 @dataclass(frozen=True)
 class RayHead:
     process: subprocess.Popen  # `ray start --head --block`, leader of its own process group
+    log: Path  # its output
     gcs_address: str  # 127.0.0.1:PORT, what RAY_ADDRESS names inside a job
     dashboard_url: str  # http://127.0.0.1:PORT: job submission and the state API
     token: str  # this head's own authentication token (Ray's token auth is on by default)
@@ -116,18 +128,37 @@ class RayHead:
         """HTTP headers for the dashboard: JobSubmissionClient(url, headers=...), StateApiClient."""
         return {"Authorization": f"Bearer {self.token}"}
 
+    def wait_until_up(self, timeout: float = 120) -> None:
+        """Wait until `ray start` has finished (it writes the cluster's address into its temp dir last;
+        stopped before that, it takes 30 s to die) and the job API answers; fail with the head's log."""
+        deadline = time.monotonic() + timeout
+        address_file = self.temp_dir / "ray_current_cluster"
+        request = urllib.request.Request(f"{self.dashboard_url}/api/version", headers=self.headers)
+        while True:
+            try:
+                if address_file.exists() and urllib.request.urlopen(request, timeout=2).status == 200:
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray head did not come up: {self.log.read_text()[-3000:]}")
+            time.sleep(0.5)
+
 
 @contextmanager
-def ray_head(log: Path, num_cpus: int = 2, env: dict[str, str] | None = None) -> Iterator[RayHead]:
-    """`ray start --head --block` bound to 127.0.0.1, every port free or left to the OS, its own short
-    temp dir (Ray's unix socket paths must stay under ~107 characters) and its own auth token (not
-    ~/.ray/auth_token, which other tests' local Ray share). Stopped by its process group, never
-    `ray stop` (which stops every Ray on the machine); on a clean exit it fails if any process of the
-    head outlives the stop or still names its temp dir."""
+def ray_head(log: Path, num_cpus: int = 2, wait: bool = True) -> Iterator[RayHead]:
+    """`ray start --head --block` on 127.0.0.1 only, every port free or left to the OS, a short temp dir
+    of its own (Ray's unix socket paths must stay under ~107 characters) and an auth token of its own
+    (not ~/.ray/auth_token, which the local Ray of other tests shares). `wait=False` returns at once:
+    start something else meanwhile, then call `head.wait_until_up()`.
+
+    Stopped by its process group, never `ray stop` (which stops every Ray on the machine); when the
+    block ends without an error it fails if any process of the head outlived the stop, or anything
+    still names its temp dir."""
     gcs, dashboard, client, agent_http, agent_grpc, runtime_env_agent, metrics = free_ports(7)
     temp_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     command = [
-        str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats",
+        ray_cli() or "ray", "start", "--head", "--block", "--disable-usage-stats",
         "--node-ip-address", "127.0.0.1", "--port", str(gcs), "--num-cpus", str(num_cpus), "--num-gpus", "0",
         "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--ray-client-server-port", str(client),
         "--dashboard-agent-listen-port", str(agent_http), "--dashboard-agent-grpc-port", str(agent_grpc),
@@ -136,21 +167,26 @@ def ray_head(log: Path, num_cpus: int = 2, env: dict[str, str] | None = None) ->
         "--temp-dir", str(temp_dir),
     ]
     token = secrets.token_hex(32)
-    env = {key: value for key, value in (env or os.environ).items() if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+    env = {key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     env |= {
         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,  # inherited by the jobs' drivers and workers
-        # Ray turns --node-ip-address 127.0.0.1 into the machine's routable address, and its gRPC servers then
-        # listen on every interface; single-machine mode (Ray's own on macOS and Windows) keeps the node at
-        # 127.0.0.1, where they listen on loopback only
+        # Ray turns --node-ip-address 127.0.0.1 into the machine's routable address and its gRPC servers
+        # then listen on every interface; single-machine mode (Ray's own on macOS and Windows) keeps the
+        # node at 127.0.0.1, where they listen on loopback only
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        # on SIGTERM `ray start --block` first drains the node for up to 30 s (for Serve); nothing here to drain
+        # on SIGTERM `ray start --block` first drains the node for up to 30 s (for Serve); nothing to drain here
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
     }
-    with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env)
-    head = RayHead(process, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", token, temp_dir)
     try:
-        _wait_for_job_api(head, log)
+        with open(log, "w") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    head = RayHead(process, log, f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dashboard}", token, temp_dir)
+    try:
+        if wait:
+            head.wait_until_up()
         yield head
     except BaseException:
         _stop_ray_head(head, check=False)
@@ -158,22 +194,11 @@ def ray_head(log: Path, num_cpus: int = 2, env: dict[str, str] | None = None) ->
     _stop_ray_head(head, check=True)
 
 
-def _wait_for_job_api(head: RayHead, log: Path, timeout: float = 120) -> None:
-    """Poll the dashboard's job API (behind the token) until it answers; fail with the head's log."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            request = urllib.request.Request(f"{head.dashboard_url}/api/version", headers=head.headers)
-            if urllib.request.urlopen(request, timeout=2).status == 200:
-                return
-        except OSError:
-            pass
-        if head.process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the Ray head's job API did not come up: {log.read_text()[-3000:]}")
-        time.sleep(0.5)
-
-
 def _stop_ray_head(head: RayHead, check: bool, grace: float = 30) -> None:
+    """Stop the head's process group and give every process of the head `grace` seconds to go: those
+    it spawned (agents and workers sit in process groups of their own), those that inherited its token
+    wherever they are (a job's driver runs in a session of its own), and any naming its temp dir.
+    What is left is killed and, with `check`, reported."""
     import psutil
 
     try:
@@ -181,15 +206,13 @@ def _stop_ray_head(head: RayHead, check: bool, grace: float = 30) -> None:
     except psutil.NoSuchProcess:
         spawned = []
     stop_group(head.process)
-    # workers and agents may sit in process groups of their own: they exit when the raylet goes
     _, survivors = psutil.wait_procs(spawned, timeout=grace)
-    survivors = {p.pid: p for p in [*survivors, *processes_mentioning(str(head.temp_dir))]}
-    leftovers = []
-    for process in survivors.values():
+    leftovers = stop_processes_with_environment("RAY_AUTH_TOKEN", head.token, grace=5)
+    for process in {p.pid: p for p in [*survivors, *processes_mentioning(str(head.temp_dir))]}.values():
         try:
             leftovers.append(f"{process.pid} {' '.join(process.cmdline())}")
             process.kill()
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
     shutil.rmtree(head.temp_dir, ignore_errors=True)
     if check and leftovers:
@@ -226,3 +249,16 @@ def stop_processes_with_environment(key: str, value: str, grace: float = 30) -> 
         except ProcessLookupError:
             pass
     return left
+
+
+# run in a fresh process (nothing of the test's imports or state): load the registered candidate
+# from the tracking server in MLFLOW_TRACKING_URI and paint query slices from one prompt pair
+LOAD_AND_PAINT = """
+import sys, numpy as np, mlflow
+from mvg.pyfunc import as_model_input
+model = mlflow.pyfunc.load_model("models:/mvg@candidate")
+data = np.load(sys.argv[1])
+painted = model.predict(as_model_input(data["prompt_image"][None], data["prompt_target"][None], data["queries"]),
+                        params={"task": "segmentation"})
+np.save(sys.argv[2], painted)
+"""

@@ -142,3 +142,12 @@ def test_train_flow_logs_into_mlflow_and_registers_the_candidate(ray_cluster, ph
     assert again["model_version"] == summary["model_version"] and again["model_reused"]
     assert json.dumps(again["metrics"])  # plain values, fit for a Prefect result
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+def test_the_runtime_env_leaves_out_what_a_ray_job_already_sets(monkeypatch):
+    from mvg.distributed import runtime_env_vars
+
+    monkeypatch.delenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", raising=False)
+    assert runtime_env_vars()["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == RAY_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # as a job's env_vars arrive in its driver
+    assert "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in runtime_env_vars()

@@ -143,6 +143,23 @@ def test_slices_sharing_a_prompt_slice_share_one_encoding():
     assert counting.encoded == 4  # batch one holds prompt slices {0, 1}, batch two {1, 2}
 
 
+@pytest.mark.parametrize("task", ["segmentation", "synthesis"])
+def test_painting_without_the_prompt_cache_gives_the_same_volume(task):
+    torch.manual_seed(0)
+    counting = CountingEncodings(CONFIG)
+    prompts = [images((3, 64, 64))]
+    targets = [labels(3, 64, 64, empty_every=9)] if task == "segmentation" else [images((3, 64, 64), seed=2)]
+    query = images((12, 80, 80), seed=1)
+    cached = paint_volume(counting, prompts, targets, query, task, batch_size=6)
+    encoded = counting.encoded
+    uncached = paint_volume(counting, prompts, targets, query, task, batch_size=6, cache=False)
+    assert counting.encoded == encoded  # no prompt went through the cache's encoder
+    if task == "segmentation":
+        assert (cached == uncached).mean() > 0.999  # labels: only a level exactly between two may flip
+    else:
+        np.testing.assert_allclose(cached, uncached, atol=1e-5)
+
+
 @pytest.mark.parametrize("decode", ["prompt", "all"])
 @pytest.mark.parametrize(("prompt_depth", "query_depth"), [(10, 5), (3, 7), (6, 6)])
 def test_copy_prompt_model_paints_the_copy_prompt_baseline(prompt_depth, query_depth, decode):

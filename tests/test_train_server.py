@@ -23,17 +23,6 @@ def mlflow_server(tmp_path):
         yield uri, artifacts
 
 
-LOAD_AND_PAINT = """
-import sys, numpy as np, mlflow
-from mvg.pyfunc import as_model_input
-model = mlflow.pyfunc.load_model("models:/mvg@candidate")
-data = np.load(sys.argv[1])
-painted = model.predict(as_model_input(data["prompt_image"][None], data["prompt_target"][None], data["queries"]),
-                        params={"task": "segmentation"})
-np.save(sys.argv[2], painted)
-"""
-
-
 def test_mvg_train_against_an_mlflow_server_registers_a_loadable_candidate(phantom_store, tmp_path, mlflow_server, prefect_server):
     from prefect.settings import PREFECT_API_URL
 
@@ -66,7 +55,7 @@ def test_mvg_train_against_an_mlflow_server_registers_a_loadable_candidate(phant
     np.savez(inputs, prompt_image=prompt.image[middle].astype(np.float32), prompt_target=prompt.target[middle].astype(np.float32),
              queries=query.image[:4].astype(np.float32))
     painted = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_PAINT, str(inputs), str(tmp_path / "painted.npy")],
+        [sys.executable, "-c", servers.LOAD_AND_PAINT, str(inputs), str(tmp_path / "painted.npy")],
         env={**env, "MLFLOW_TRACKING_URI": uri}, capture_output=True, text=True, timeout=300,
     )
     assert painted.returncode == 0, painted.stderr[-3000:]

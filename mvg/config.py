@@ -110,11 +110,13 @@ PRESETS: dict[str, MVGConfig] = {
     # resized on the way out (a 64 px painting resized to a 128 px store caps denoising PSNR ~5 dB
     # below the identity baseline). Inference runs the autoregressive path; the paper's 90 % MIM
     # share for image tasks trains it on 10 % of their episodes, too few in a budget this short, so
-    # tiny-cpu trains MIM on a quarter of them.
+    # tiny-cpu trains MIM on a quarter of them. Background pixels weigh 0.5, not 0.1: at 0.1 the
+    # short run learned to paint the whole body at a low grey level, which decodes as a class
+    # (X-ray lungs mIoU 0.73 -> 0.90 at 800 steps with 0.5; at 1.0 it paints nothing at all).
     "tiny-cpu": MVGConfig(
         name="tiny-cpu",
         model=ModelConfig(image_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=3, decoder_channels=32, drop_path=0.0),
-        objective=ObjectiveConfig(mim_fraction=0.25),
+        objective=ObjectiveConfig(mim_fraction=0.25, background_weight=0.5),
         data=DataConfig(resize=64, crop=64),
         optim=OptimConfig(lr=1e-3, warmup_steps=40, steps=800, batch_size=8, bf16=False),
     ),

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-acdc clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ bench: install
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.model
 	$(BIN)/python -m benchmarks.train
+	$(BIN)/python -m benchmarks.evaluate
+# 30 minutes of training on the shared ACDC data (not part of `make bench`)
+bench-acdc: install
+	$(BIN)/python -m benchmarks.acdc
 
 clean:
 	rm -rf $(VENV) mvg-home .pytest_cache

@@ -303,7 +303,9 @@ def run_demo(args) -> int:
     home = mvg_home()
     if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
         # the runs go into a database beside the demo's other results, where `prefect server start` finds them
-        os.environ["PREFECT_HOME"] = str(home / "prefect")
+        prefect_home = (home / "prefect").resolve()
+        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+        os.environ["PREFECT_HOME"] = str(prefect_home)
     from flows.pipeline import pipeline_flow
     from storage.preview import write_previews
 

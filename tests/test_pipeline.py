@@ -1,7 +1,12 @@
 """The pipeline flow end to end on tiny phantoms: every stage runs, the results table holds the model
-beside its baselines, the candidate becomes champion, and a re-run reuses what is done."""
+beside its baselines, the candidate becomes champion, a re-run reuses what is done, and `mvg demo
+--fresh` starts over in a fresh process."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -38,7 +43,7 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, prefe
     from flows.pipeline import pipeline_flow
     from mvg.tracking import client
 
-    monkeypatch.setenv("MVG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MVG_HOME", str(tmp_path / "mvg-home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     settings = dict(cases=3, size=32, slices=8, steps=3, ingest_workers=1)
 
@@ -58,7 +63,26 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, prefe
     assert again["training"]["model_reused"] and again["training"]["model_uri"] == first["training"]["model_uri"]
     assert again["promotion"]["reason"] == "already the champion"
 
-    fresh = pipeline_flow(**settings, fresh=True)
-    assert all(counts["ingested"] == 3 for counts in fresh["ingested"].values())
-    assert fresh["training"]["run_name"].startswith("demo-") and fresh["training"]["model_uri"] == "models:/mvg/2"
-    assert fresh["promotion"]["promoted"], "the same settings and seed train the same weights: as good as the champion"
+
+    # `mvg demo --fresh` in a fresh process, as `make demo` runs it: no Prefect server configured, so
+    # the runs go to a Prefect home beside the data; new data, a new training run, a new version
+    environment = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_HOME", "MVG_HOME")}
+    demo = subprocess.run(  # in tmp_path, whose ./mvg-home (the default, relative) is the home above
+        [sys.executable, "-m", "flows.cli", "demo", "--fresh", "--cases", "3", "--size", "32", "--steps", "3", "--workers", "1"],
+        env=environment | {"RAY_ADDRESS": ""}, cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    assert "Segmentation, mIoU (paper Table 2)" in demo.stdout and "| copy-prompt |" in demo.stdout
+    assert "registered model: models:/mvg/2" in demo.stdout
+    prefect_home = tmp_path / "mvg-home" / "prefect"
+    assert f"Prefect UI:       PREFECT_HOME={prefect_home} prefect server start" in demo.stdout
+    assert (prefect_home / "prefect.db").is_file(), "the demo's flow runs are kept where the Prefect UI command looks"
+
+
+def test_the_data_root_is_absolute_whatever_the_working_directory(tmp_path, monkeypatch):
+    from storage.home import mvg_home
+
+    monkeypatch.delenv("MVG_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert mvg_home() == tmp_path / "mvg-home"
+    assert mvg_home("relative/home") == tmp_path / "relative" / "home"

@@ -18,6 +18,8 @@ from storage.home import mvg_home, store_root
 def main(argv: list[str] | None = None) -> int:
     # Prefect starts a temporary local server when none is configured; keep it quiet and private.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # its 20 s start-up limit is too short on a busy 2-core machine (seen while Dask and Ray ran)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.home:
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest = commands.add_parser("ingest", help="ingest a dataset folder or manifest into the Zarr store")
     ingest.add_argument("source", type=Path, help="nnU-Net v2 / MSD folder, or a manifest (.csv/.json)")
     ingest.add_argument("--spec", help="built-in dataset spec to read it with (see `mvg datasets`)")
-    ingest.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    ingest.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     ingest.add_argument("--workers", type=int, default=2, help="Dask worker processes (one case each)")
     ingest.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
     ingest.add_argument("--size", type=int, default=512, help="in-plane store size (paper: 512)")
@@ -61,14 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=run_ingest)
 
     store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
-    store.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    store.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     store.add_argument("--json", action="store_true")
     store.add_argument("--preview", type=Path, metavar="DIR", help="also write a PNG montage per dataset to DIR")
     store.set_defaults(run=run_store)
 
     train = commands.add_parser("train", help="train on the store with Ray Train; register model `mvg` as @candidate")
     train.add_argument("--preset", default="tiny-cpu", help="config preset: tiny-cpu, base, large")
-    train.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    train.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
+    train.add_argument("--ray-storage", help="Ray Train's checkpoints, a shared folder or s3://bucket/prefix (default: $MVG_RAY_STORAGE, else $MVG_HOME/ray)")
     train.add_argument("--workers", type=int, default=1, help="Ray Train workers (one DDP rank each)")
     train.add_argument("--gpus-per-worker", type=float, default=0.0)
     train.add_argument("--cpus-per-worker", type=int, help="default: this machine's cores / workers")
@@ -84,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a model against the baselines on the store's test cases (paper Tables 2 and 3)")
     evaluate.add_argument("--model", default="models:/mvg@candidate", help="registry URI, MLflow model folder, weights folder or checkpoint")
-    evaluate.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    evaluate.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     evaluate.add_argument("--datasets", nargs="+", metavar="D", help="stored datasets (default: every one with test cases)")
     evaluate.add_argument("--draws", type=int, default=1, help="prompt draws per dataset: mean and spread (paper reviewers)")
     evaluate.add_argument("--shots", type=int, default=1, help="prompt pairs per query (k-shot)")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     finetune = commands.add_parser("finetune", help="adapt a registered model to a new dataset from a few cases; register a new version")
     finetune.add_argument("sources", nargs="+", metavar="SOURCE", help="a dataset in the store, or a dataset folder / manifest to ingest")
     finetune.add_argument("--model", default="models:/mvg@champion", help="the model to start from (registry URI, folder or checkpoint)")
-    finetune.add_argument("--store", type=Path, help="store root (default: $MVG_HOME/store)")
+    finetune.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     finetune.add_argument("--cases", type=int, default=1, help="training cases per dataset (paper: one)")
     finetune.add_argument("--steps", type=int, default=200)
     finetune.add_argument("--lr", type=float, default=1e-4)
@@ -214,6 +217,7 @@ def run_train(args) -> int:
         preset=args.preset, overrides=overrides, store=str(args.store or store_root()), workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=cpus, run_name=args.run_name, stop_at=args.stop_at,
         checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
+        storage=args.ray_storage,
     )
     if "model_uri" in summary:
         print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")

@@ -32,6 +32,7 @@ from mvg.tracking import (
     tracking_uri,
 )
 from storage.home import store_root
+from storage.location import Location
 from storage.store import ZarrStore
 
 EXPERIMENT = "mvg-evaluation"
@@ -68,7 +69,7 @@ def evaluate_flow(
     rule: str = "every",
     tolerance: float = 0.0,
 ) -> dict:
-    store = str(Path(store) if store else store_root())
+    store = str(Location.of(store or store_root()))
     PromotionRule(rule, tolerance)  # a bad rule fails before any model is loaded
     available = ZarrStore(store).datasets()
     chosen = datasets or [name for name in available if ZarrStore(store).dataset(name).cases("test")]

@@ -9,7 +9,6 @@ ends Failed, with the same summary, when any case failed.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
@@ -69,7 +68,7 @@ def ingest_flow(
     plan = plan_dataset(source, spec)
     overrides = {"name": name, "input_channel": input_channel, "target_channel": target_channel}
     plan.spec = plan.spec.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
-    writer = CatalogWriter(Path(store) if store else store_root(), plan)
+    writer = CatalogWriter(store or store_root(), plan)
     options = IngestOptions(size=size)
     print(f"{plan.spec.name}: {len(plan.cases)} case(s) planned, {len(plan.problems)} unplannable, {workers} worker(s)")
     with dask_client(workers, dask_address), tqdm(

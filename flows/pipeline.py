@@ -27,13 +27,14 @@ from flows.train import train_flow
 from mvg.evaluation import to_markdown
 from mvg.tracking import tracking_uri
 from storage.home import mvg_home, store_root
+from storage.location import Location
 from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
 
 # the demo's phantoms: stored at tiny-cpu's own size, so nothing is resized between store and model
 DEMO_CASES, DEMO_SIZE, DEMO_SLICES = 8, 64, 32
 
 # what `fresh` deletes under MVG_HOME: the data, never the tracking history
-REWRITTEN_WHEN_FRESH = ("phantoms", "store", "previews")
+REWRITTEN_WHEN_FRESH = ("phantoms", "store", "previews")  # under MVG_HOME: the demo's own
 
 
 @flow(name="phantoms", log_prints=True)
@@ -61,7 +62,9 @@ def phantoms_flow(
 
 
 def start_over(home: Path, run_name: str) -> str:
-    """Delete the phantoms and the store; return the name of a new training run."""
+    """Delete the demo's phantoms, store and previews under `home`; return the name of a new
+    training run. A store elsewhere (`MVG_STORE`, `store=`) may be shared: it is kept, and the
+    phantoms' cases in it are re-ingested only if they changed."""
     for name in REWRITTEN_WHEN_FRESH:
         shutil.rmtree(home / name, ignore_errors=True)
     return f"{run_name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -80,13 +83,14 @@ def pipeline_flow(
     rule: str = "every",
     tolerance: float = 0.0,
     fresh: bool = False,
+    store: str | None = None,
 ) -> dict:
     """Phantoms of every task -> the Zarr store -> `preset` trained on Ray (run `run_name`) ->
     registered `mvg@candidate` -> evaluated beside the baselines -> `@champion` if it is as good."""
     home = mvg_home()
     if fresh:
         run_name = start_over(home, run_name)
-    store = str(store_root())
+    store = str(Location.of(store or store_root()))
     sources = phantoms_flow(str(home / "phantoms"), cases=cases, size=size, slices=slices)
 
     ingested = {}

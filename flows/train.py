@@ -10,7 +10,6 @@ A run that already finished and registered its model is not trained or registere
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -22,7 +21,8 @@ from mvg.episodes import EpisodeSampler
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
 from mvg.train import load_trained
-from storage.home import mvg_home, store_root
+from storage.home import ray_storage, store_root
+from storage.location import Location
 from storage.store import ZarrStore
 
 REGISTERED_MODEL = "mvg"
@@ -79,11 +79,13 @@ def train_flow(
     max_failures: int = 3,
     seed: int = 0,
     alias: str = "candidate",
+    storage: str | None = None,
 ) -> dict:
     """Train `preset` with `overrides` ({"optim": {"steps": 200}, ...}) on every dataset of the
-    store; `stop_at` stops early (the same run name later goes on from there)."""
+    store; `stop_at` stops early (the same run name later goes on from there). `storage`: Ray
+    Train's checkpoints (default `$MVG_RAY_STORAGE`, else `$MVG_HOME/ray`)."""
     config = preset_config(preset).with_overrides(**(overrides or {}))
-    stores = (str(Path(store) if store else store_root()),)
+    stores = (str(Location.of(store or store_root())),)
     # fail here, with the reason, rather than in every Ray worker and each of its restarts
     if not ZarrStore(stores[0]).datasets():
         raise ValueError(f"the store {stores[0]} holds no datasets: ingest some first (mvg ingest SOURCE)")
@@ -103,7 +105,7 @@ def train_flow(
         config,
         stores,
         run_name,
-        str(mvg_home() / "ray"),
+        storage or ray_storage(),
         Scaling(workers, gpus_per_worker, cpus_per_worker),
         stop_at=stop_at,
         checkpoint_every=checkpoint_every,

@@ -37,6 +37,7 @@ from mvg.montage import prediction_montage
 from mvg.step import HybridObjective
 from mvg.tracking import RunLogger
 from mvg.train import CHECKPOINT_FILE, Meter, TrainingState, due, load_checkpoint
+from storage.location import Location
 
 # ray.train.report waits for the controller's poll (2 s by default), which would stall every
 # report of a fast model; a tenth of a second costs the controller next to nothing.
@@ -61,7 +62,7 @@ class TrainJob:
     config: MVGConfig
     stores: tuple[str, ...]
     run_name: str
-    storage_path: str  # Ray's results root: checkpoints live at <storage_path>/<run_name>/
+    storage_path: str  # Ray's results root, a path or a URL: checkpoints live at <storage_path>/<run_name>/
     scaling: Scaling = Scaling()
     stop_at: int | None = None  # stop early at this step; the schedule still spans config.optim.steps
     checkpoint_every: int = 50
@@ -83,7 +84,7 @@ class TrainJob:
         values = asdict(self)
         values["config"] = self.config.to_dict()
         values["steps"] = self.steps
-        values["stores"] = [str(Path(store).resolve()) for store in self.stores]  # workers run in Ray's trial dir
+        values["stores"] = [Location.of(store).url for store in self.stores]  # absolute: workers run in Ray's trial dir
         return values
 
 
@@ -125,9 +126,17 @@ def fit(job: TrainJob, on_step: Callable[[int, int], None] | None = None) -> Fit
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"run {job.run_name!r} finished without a checkpoint")
-    checkpoint = Path(result.checkpoint.path)
+    checkpoint = local_copy(result.checkpoint, job)
     step = load_checkpoint(checkpoint)["step"]
     return FitOutcome(step, dict(result.metrics or {}), checkpoint)
+
+
+def local_copy(checkpoint: ray.train.Checkpoint, job: TrainJob) -> Path:
+    """The final checkpoint as a local folder: itself on a local (or shared) file system, else
+    downloaded from the object store, for registration to read."""
+    if Location.of(job.storage_path).is_local:
+        return Path(checkpoint.path)
+    return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix=f"mvg-{job.run_name}-")))
 
 
 def train_loop_per_worker(loop: dict) -> None:

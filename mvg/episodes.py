@@ -45,6 +45,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mvg.colouring import Colouring, PredefinedTable, colouring_for
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
+from storage.location import Location
 from storage.shards import SliceReader
 from storage.store import DATASET_SUFFIX, StoredDataset, ZarrStore
 
@@ -180,7 +181,7 @@ def open_datasets(sources: Sequence[str | Path | StoredDataset]) -> list[StoredD
         if isinstance(source, StoredDataset):
             found.append(source)
             continue
-        path = Path(source)
+        path = Location.of(source)
         if path.name.endswith(DATASET_SUFFIX) and (path / "zarr.json").exists():
             found.append(StoredDataset(path))
         else:
@@ -503,7 +504,7 @@ class EpisodeStream(IterableDataset):
     ):
         super().__init__()
         # paths, not open datasets, travel to the workers
-        self.store_roots = [str(s.directory) if isinstance(s, StoredDataset) else str(s) for s in store_roots]
+        self.store_roots = [str(s.directory) if isinstance(s, StoredDataset) else str(Location.of(s)) for s in store_roots]
         self.data, self.objective, self.batch_size, self.split = data, objective, batch_size, split
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.datasets = list(datasets) if datasets is not None else None

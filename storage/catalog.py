@@ -2,17 +2,18 @@
 
 Each published case group carries its own `CaseRecord` (so the catalog can always be rebuilt from
 what is on disk); `catalog.json` beside the cases is the index readers load in one go. It is
-replaced atomically, so a reader never sees a half-written catalog.
+replaced atomically (a rename locally, one PUT on an object store), so a reader never sees a
+half-written catalog.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from storage.location import Location
 
 CATALOG_FILE = "catalog.json"
 
@@ -86,23 +87,15 @@ class Catalog:
             "cases": {name: record.to_dict() for name, record in sorted(self.cases.items())},
         }
 
-    def save(self, dataset_dir: Path) -> None:
-        write_json_atomic(Path(dataset_dir) / CATALOG_FILE, self.to_dict())
+    def save(self, dataset_dir: str | Path | Location) -> None:
+        write_json_atomic(Location.of(dataset_dir) / CATALOG_FILE, self.to_dict())
 
     @classmethod
-    def load(cls, dataset_dir: Path) -> Catalog:
-        data = json.loads((Path(dataset_dir) / CATALOG_FILE).read_text())
+    def load(cls, dataset_dir: str | Path | Location) -> Catalog:
+        data = json.loads((Location.of(dataset_dir) / CATALOG_FILE).read_text())
         return cls(data["dataset"], data["spec"], {k: CaseRecord.from_dict(v) for k, v in data["cases"].items()})
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write to a temporary file beside `path`, then rename over it (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(data, file, indent=1)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def write_json_atomic(path: str | Path | Location, data: dict) -> None:
+    """Replace `path` with `data` as JSON, whole or not at all (see Location.write_bytes)."""
+    Location.of(path).write_bytes(json.dumps(data, indent=1).encode())

@@ -1,4 +1,6 @@
-"""One data root, `MVG_HOME`, holds every local default: the Zarr store, MLflow, Ray results."""
+"""One data root, `MVG_HOME`, holds every local default: the Zarr store, MLflow, Ray results.
+`MVG_STORE` and `MVG_RAY_STORAGE` move the store and Ray Train's checkpoints elsewhere, an object
+store included (`s3://bucket/mvg/store`, `s3://bucket/mvg/ray`): what a cluster's nodes all see."""
 
 from __future__ import annotations
 
@@ -15,5 +17,17 @@ def mvg_home(home: str | Path | None = None) -> Path:
     return Path(home or os.environ.get("MVG_HOME") or DEFAULT_HOME).expanduser().absolute()
 
 
-def store_root(home: str | Path | None = None) -> Path:
-    return mvg_home(home) / "store"
+def store_root(home: str | Path | None = None) -> str:
+    """The store root: `$MVG_STORE` (a path or a URL) when set and no `home` is given, else
+    `<home>/store`."""
+    if home is None and os.environ.get("MVG_STORE"):
+        return os.environ["MVG_STORE"]
+    return str(mvg_home(home) / "store")
+
+
+def ray_storage(home: str | Path | None = None) -> str:
+    """Ray Train's storage path (checkpoints of every run): `$MVG_RAY_STORAGE` when set and no
+    `home` is given, else `<home>/ray`. Every node of a cluster must reach it."""
+    if home is None and os.environ.get("MVG_RAY_STORAGE"):
+        return os.environ["MVG_RAY_STORAGE"]
+    return str(mvg_home(home) / "ray")

@@ -22,6 +22,7 @@ import numpy as np
 from storage import preprocess
 from storage.catalog import CaseRecord
 from storage.layouts import CaseSource, DatasetPlan, SourceFile
+from storage.location import Location
 from storage.readers import ReadError, Scan, read_scan
 from storage.specs import DatasetSpec
 from storage.store import Codec, prepare_dataset, published_record, rebuild_catalog, write_case
@@ -105,12 +106,12 @@ def recipe(spec: DatasetSpec, options: IngestOptions) -> dict:
 def ingest_case(
     source: CaseSource,
     spec: DatasetSpec,
-    directory: str | Path,
+    directory: str | Path | Location,
     declared_labels: dict[int, str] | None = None,
     options: IngestOptions = IngestOptions(),
 ) -> CaseResult:
     started = time.perf_counter()
-    directory = Path(directory)
+    directory = Location.of(directory)
     try:
         checksum, made_by = source_checksum(source.files()), recipe(spec, options)
         existing = published_record(directory, source.case)
@@ -269,7 +270,7 @@ def _label_scan(file: SourceFile, image: Scan) -> Scan:
 class CatalogWriter:
     """Collects case results into the dataset's catalog; the only writer of `catalog.json`."""
 
-    def __init__(self, root: str | Path, plan: DatasetPlan, save_every_s: float = 2.0):
+    def __init__(self, root: str | Path | Location, plan: DatasetPlan, save_every_s: float = 2.0):
         self.directory = prepare_dataset(root, plan.spec)
         self.plan = plan
         self.catalog = rebuild_catalog(self.directory)  # trust what is published, not an old index
@@ -347,7 +348,7 @@ def dask_client(workers: int = 2, address: str | None = None) -> Iterator:
 
 def ingest(
     plan: DatasetPlan,
-    root: str | Path,
+    root: str | Path | Location,
     client,
     options: IngestOptions = IngestOptions(),
     retries: int = 2,

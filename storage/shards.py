@@ -4,8 +4,9 @@ Training samples one slice at a time from thousands of cases. Going through zarr
 a millisecond of asyncio machinery and a fresh read of the shard index for every slice, more than
 decoding the slice itself. Our arrays all have one known shape (one shard per case, one slice per
 inner chunk, Blosc-compressed, index at the end), so this reader reads the shard index once per
-array, then each slice with one positioned read and one Blosc decode. It also holds no event-loop
-thread, so DataLoader workers may fork.
+array, then each slice with one positioned read (one ranged GET on an object store) and one Blosc
+decode. It holds no event-loop thread locally, so DataLoader workers may fork; a remote Location
+makes its client afresh in the child.
 
 Writing a whole case is the same story in reverse: zarr-python writes the metadata (it stays the
 format's authority), `write_shard` writes the shard bytes in one go, about 0.2 s per 512 x 512 x 100
@@ -19,12 +20,13 @@ slice against zarr-python, both ways, including the empty chunks zarr does not w
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import google_crc32c
 import numpy as np
 from numcodecs import blosc
+
+from storage.location import Location
 
 EMPTY = np.iinfo(np.uint64).max  # offset and length of a chunk that was never written
 CRC_BYTES = 4
@@ -37,8 +39,8 @@ class UnsupportedLayout(ValueError):
 class SliceReader:
     """Reads (y, x) slices of one `(z, y, x)` array written as a single shard."""
 
-    def __init__(self, array_dir: str | Path):
-        self.array_dir = Path(array_dir)
+    def __init__(self, array_dir: str | Path | Location):
+        self.array_dir = Location.of(array_dir)
         metadata = json.loads((self.array_dir / "zarr.json").read_text())
         self.shape = tuple(metadata["shape"])
         self.dtype = np.dtype(metadata["data_type"])
@@ -72,9 +74,7 @@ class SliceReader:
         count = self.shape[0]
         size = count * 16 + CRC_BYTES
         try:
-            with open(self.shard_path, "rb") as file:
-                file.seek(-size, os.SEEK_END)
-                raw = file.read(size)
+            raw = self.shard_path.read_tail(size)
         except FileNotFoundError:
             return None
         return np.frombuffer(raw[: count * 16], dtype="<u8").reshape(count, 2)
@@ -86,8 +86,7 @@ class SliceReader:
         if self._index is None or self._index[index, 0] == EMPTY:
             return np.full(self.shape[1:], self.fill_value, dtype=self.dtype)
         offset, length = (int(v) for v in self._index[index])
-        with open(self.shard_path, "rb") as file:
-            compressed = os.pread(file.fileno(), length, offset)
+        compressed = self.shard_path.read_range(offset, length)
         return np.frombuffer(blosc.decompress(compressed), dtype=self.dtype).reshape(self.shape[1:])
 
 

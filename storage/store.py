@@ -11,9 +11,13 @@ Layout (Zarr v3, one group per dataset):
     ROOT/<dataset>.zarr/<case>/mask/0    inpainting region (uint8), when the task has one
     ROOT/.staging/                       cases being written; never read
 
+ROOT is a local folder or an object-store URL (`s3://bucket/prefix`, see storage.location).
+
 A case is written whole under `.staging/` and renamed into place only when complete, so a reader
-(or a killed ingest) never sees a torn case. Each case is one shard written by one task, which also
-keeps clear of Dask's silent data loss when several writers share a shard.
+(or a killed ingest) never sees a torn case. An object store has no rename: there the case is built
+in a local temporary folder and uploaded with its group's `zarr.json`, which carries the case's
+record, last, so a case becomes visible only once all of it is there. Each case is one shard written
+by one task, which also keeps clear of Dask's silent data loss when several writers share a shard.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 import uuid
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
@@ -32,6 +37,7 @@ from zarr.codecs import BloscCodec
 
 from storage.catalog import CaseRecord, Catalog
 from storage.geometry import Geometry
+from storage.location import Location
 from storage.shards import SliceReader, UnsupportedLayout, write_shard
 from storage.specs import DatasetSpec
 
@@ -61,8 +67,8 @@ def safe_case_name(case: str) -> str:
     return name
 
 
-def dataset_dir(root: str | Path, dataset: str) -> Path:
-    return Path(root) / f"{dataset}{DATASET_SUFFIX}"
+def dataset_dir(root: str | Path | Location, dataset: str) -> Location:
+    return Location.of(root) / f"{dataset}{DATASET_SUFFIX}"
 
 
 def ome_image_attributes(name: str, spacing_zyx: tuple[float, float, float]) -> dict:
@@ -86,31 +92,36 @@ def ome_image_attributes(name: str, spacing_zyx: tuple[float, float, float]) -> 
 # --------------------------------------------------------------------------------- writing
 
 
-def prepare_dataset(root: str | Path, spec: DatasetSpec) -> Path:
+def prepare_dataset(root: str | Path | Location, spec: DatasetSpec) -> Location:
     """Create (or update the spec of) a dataset group; clear staging left by a killed run."""
     directory = dataset_dir(root, spec.name)
-    group = zarr.open_group(str(directory), mode="a", zarr_format=3)
+    group = zarr.open_group(directory.zarr_store(), mode="a", zarr_format=3)
     if group.attrs.get(ATTRIBUTE_KEY, {}).get("spec") != spec.to_dict():
         group.attrs[ATTRIBUTE_KEY] = {"spec": spec.to_dict()}
-    staging = Path(root) / STAGING / spec.name
-    if staging.exists():
-        shutil.rmtree(staging)
+    if directory.is_local:  # an object store stages nothing under the root
+        shutil.rmtree(directory.parent / STAGING / spec.name, ignore_errors=True)
     return directory
 
 
-def published_record(directory: Path, case: str) -> CaseRecord | None:
+def published_record(directory: str | Path | Location, case: str) -> CaseRecord | None:
     """The record of a published case, or None when it is absent or unreadable."""
     try:
-        metadata = json.loads((directory / safe_case_name(case) / "zarr.json").read_text())
+        metadata = json.loads((Location.of(directory) / safe_case_name(case) / "zarr.json").read_text())
         return CaseRecord.from_dict(metadata["attributes"][ATTRIBUTE_KEY])
     except (OSError, KeyError, ValueError, TypeError):
         return None
 
 
-def write_case(directory: Path, record: CaseRecord, arrays: dict[str, np.ndarray], codec: Codec = Codec()) -> None:
-    """Write a case aside under `.staging/`, then publish it with one rename."""
+def write_case(directory: str | Path | Location, record: CaseRecord, arrays: dict[str, np.ndarray], codec: Codec = Codec()) -> None:
+    """Write a case aside (under `.staging/`, or a local temporary folder for an object store),
+    then publish it."""
+    directory = Location.of(directory)
     name = safe_case_name(record.case)
-    staging = directory.parent / STAGING / directory.name.removesuffix(DATASET_SUFFIX) / f"{name}.{uuid.uuid4().hex}"
+    if directory.is_local:
+        aside = Path(directory.parent / STAGING / directory.name.removesuffix(DATASET_SUFFIX))
+    else:
+        aside = Path(tempfile.gettempdir()) / "mvg-staging"
+    staging = aside / f"{name}.{uuid.uuid4().hex}"
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:
         group = zarr.open_group(str(staging), mode="w", zarr_format=3, attributes={ATTRIBUTE_KEY: record.to_dict()})
@@ -127,7 +138,10 @@ def write_case(directory: Path, record: CaseRecord, arrays: dict[str, np.ndarray
                 fill_value=0,
             )
             write_shard(staging / role / "0", data, codec.cname, codec.clevel, codec.shuffle)
-        publish(staging, directory / name)
+        if directory.is_local:
+            publish(staging, Path(directory / name))
+        else:
+            upload(staging, directory / name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -145,15 +159,28 @@ def publish(staging: Path, final: Path) -> None:
         staging.rename(final)
 
 
-def rebuild_catalog(directory: Path) -> Catalog:
+def upload(staging: Path, final: Location) -> None:
+    """Publish a complete local case to an object store: a previous version is unpublished (its
+    record first) and removed, then every array goes up, and the record last. A reader that lists
+    the dataset meanwhile sees no case, never a torn one."""
+    marker = final / "zarr.json"
+    if marker.exists():
+        marker.fs.rm_file(marker.path)
+    final.remove_tree()
+    files = sorted(p for p in staging.rglob("*") if p.is_file() and p != staging / "zarr.json")
+    final.upload([(p, p.relative_to(staging).as_posix()) for p in files])
+    final.upload([(staging / "zarr.json", "zarr.json")])
+
+
+def rebuild_catalog(directory: str | Path | Location) -> Catalog:
     """The catalog as the published case groups say it is (after a kill, or when it is missing)."""
-    spec = zarr.open_group(str(directory), mode="r").attrs.get(ATTRIBUTE_KEY, {}).get("spec", {})
+    directory = Location.of(directory)
+    spec = zarr.open_group(directory.zarr_store(read_only=True), mode="r").attrs.get(ATTRIBUTE_KEY, {}).get("spec", {})
     records = {}
-    for child in sorted(directory.iterdir()):
-        if child.is_dir():
-            record = published_record(directory, child.name)
-            if record is not None:
-                records[record.case] = record
+    for child in directory.folders():
+        record = published_record(directory, child.name)
+        if record is not None:
+            records[record.case] = record
     return Catalog(directory.name.removesuffix(DATASET_SUFFIX), spec, records)
 
 
@@ -173,8 +200,8 @@ class Sample:
 class StoredDataset:
     """Read side of one dataset: the API training and evaluation use."""
 
-    def __init__(self, directory: Path):
-        self.directory = Path(directory)
+    def __init__(self, directory: str | Path | Location):
+        self.directory = Location.of(directory)
         if not (self.directory / "zarr.json").exists():
             raise FileNotFoundError(f"{self.directory}: no stored dataset here")
         self.name = self.directory.name.removesuffix(DATASET_SUFFIX)
@@ -206,7 +233,7 @@ class StoredDataset:
     def array(self, case: str, role: str) -> zarr.Array | None:
         if role not in self.record(case).roles:
             return None
-        return zarr.open_array(str(self.directory / safe_case_name(case) / role / "0"), mode="r")
+        return zarr.open_array((self.directory / safe_case_name(case) / role / "0").zarr_store(read_only=True), mode="r")
 
     @lru_cache(maxsize=4096)  # noqa: B019 - holds only the shard index: 16 bytes per slice
     def slice_reader(self, case: str, role: str) -> SliceReader | zarr.Array | None:
@@ -234,16 +261,14 @@ class StoredDataset:
 class ZarrStore:
     """A store root holding one Zarr group per dataset."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path | Location):
+        self.root = Location.of(root)
 
     def datasets(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
         return sorted(
-            p.name.removesuffix(DATASET_SUFFIX)
-            for p in self.root.iterdir()
-            if p.name.endswith(DATASET_SUFFIX) and (p / "zarr.json").exists()
+            folder.name.removesuffix(DATASET_SUFFIX)
+            for folder in self.root.folders()
+            if folder.name.endswith(DATASET_SUFFIX) and (folder / "zarr.json").exists()
         )
 
     def dataset(self, name: str) -> StoredDataset:

@@ -84,6 +84,23 @@ def mlflow_server(folder: Path) -> Iterator[tuple[str, Path]]:
         yield uri, artifacts
 
 
+# what a client of the loopback S3 server needs; moto accepts any credentials
+S3_CLIENT_ENV = {"AWS_ACCESS_KEY_ID": "mvg-test", "AWS_SECRET_ACCESS_KEY": "mvg-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+@contextmanager
+def s3_server(folder: Path) -> Iterator[dict[str, str]]:
+    """moto's standalone S3 API server on 127.0.0.1: yields the environment a client needs
+    (`AWS_ENDPOINT_URL` and credentials), the same variables a real MinIO or S3 deployment uses."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)]
+    log = folder / "s3-server.log"
+    with server_process(command, log) as server:
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_for_http(f"{endpoint}/moto-api/", server, log)
+        yield {"AWS_ENDPOINT_URL": endpoint, **S3_CLIENT_ENV}
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct free ports on 127.0.0.1: every probe stays bound until all are chosen, so no
     port repeats (free_port called twice may answer the same one)."""

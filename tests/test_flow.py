@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def test_killed_ingest_finishes_on_rerun_without_duplicates(tmp_path):
     command = [sys.executable, "-m", "flows.cli", "ingest", str(root), "--store", str(store), "--size", "256", "--workers", "1"]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
     process = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    directory = dataset_dir(store, "killed")
+    directory = Path(dataset_dir(store, "killed"))
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
         published = [p for p in directory.glob("k_*") if p.is_dir()] if directory.exists() else []

@@ -58,7 +58,7 @@ def nearest_resize(volume: np.ndarray, shape_yx: tuple[int, int]) -> np.ndarray:
 
 def test_store_is_ome_zarr_with_one_shard_per_case(small_ct_dataset, tmp_path, dask_cluster):
     run(small_ct_dataset, tmp_path / "store", dask_cluster)
-    case_dir = dataset_dir(tmp_path / "store", "smallct") / "ct_00"
+    case_dir = Path(dataset_dir(tmp_path / "store", "smallct") / "ct_00")
     image_group = zarr.open_group(str(case_dir / "image"), mode="r")
     multiscale = image_group.attrs["ome"]["multiscales"][0]
     assert image_group.attrs["ome"]["version"] == "0.5"

@@ -27,6 +27,7 @@ bench: install
 	$(BIN)/python -m benchmarks.model
 	$(BIN)/python -m benchmarks.train
 	$(BIN)/python -m benchmarks.evaluate
+	$(BIN)/python -m benchmarks.store
 # 30 minutes of training on the shared ACDC data (not part of `make bench`)
 bench-acdc: install
 	$(BIN)/python -m benchmarks.acdc

@@ -5,6 +5,7 @@ store included (`s3://bucket/mvg/store`, `s3://bucket/mvg/ray`): what a cluster'
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 DEFAULT_HOME = "mvg-home"  # relative to the working directory, so a checkout keeps its own data
@@ -31,3 +32,12 @@ def ray_storage(home: str | Path | None = None) -> str:
     if home is None and os.environ.get("MVG_RAY_STORAGE"):
         return os.environ["MVG_RAY_STORAGE"]
     return str(mvg_home(home) / "ray")
+
+
+def remote_cache() -> Path | None:
+    """Where slice readers keep local copies of a remote store's shards: `$MVG_CACHE`, else
+    `<temp>/mvg-cache`; `MVG_CACHE=off` reads every slice from the object store instead."""
+    setting = os.environ.get("MVG_CACHE", "")
+    if setting.lower() in ("off", "0", "false", "none"):
+        return None
+    return Path(setting).expanduser() if setting else Path(tempfile.gettempdir()) / "mvg-cache"

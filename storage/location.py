@@ -13,10 +13,12 @@ afresh in a forked child: fsspec's async clients must not be shared across a for
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import fsspec
@@ -137,6 +139,24 @@ class Location:
                 file.seek(-length, os.SEEK_END)
                 return file.read(length)
         return self.fs.cat_file(self.path, start=-length)
+
+    def cached_copy(self, cache: Path) -> Location:
+        """A local copy of this remote file under `cache`, downloaded once per version of the
+        object: its URL, ETag (or modification time) and size name the copy, so a re-ingested case
+        is fetched again and an unchanged one never is."""
+        info = self.fs.info(self.path)
+        version = info.get("ETag") or info.get("LastModified") or info.get("mtime") or info.get("created")
+        key = hashlib.blake2b(f"{self.url}|{version}|{info.get('size')}".encode(), digest_size=16).hexdigest()
+        local = Path(cache) / key[:2] / f"{key}-{self.name}"
+        if not local.exists():
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(f".{local.name}.{uuid.uuid4().hex}")  # concurrent readers each write their own
+            try:
+                self.fs.get_file(self.path, str(partial))
+                os.replace(partial, local)
+            finally:
+                partial.unlink(missing_ok=True)
+        return Location(str(local))
 
     # ------------------------------------------------------------------------------- writing
 

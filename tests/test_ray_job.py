@@ -1,10 +1,12 @@
-"""Integration: `mvg train` submitted as a Ray job to a `ray start --head` on loopback, tracking into a
-real `mlflow server` and the session's Prefect server; the registered candidate is then loaded by
-alias in a fresh process and paints a phantom.
+"""Integration: `mvg train` submitted as a Ray job to a `ray start --head` on loopback, reading its
+store from and checkpointing to an S3 API server, tracking into a real `mlflow server` and the
+session's Prefect server; the registered candidate is then loaded by alias in a fresh process and
+paints a phantom.
 
 This is how a platform engineer trains on a cluster: Ray gives the job's driver RAY_ADDRESS, so the
 `ray.init` in mvg.distributed joins the head instead of starting a Ray of its own, and Ray Train's
-workers take the head's CPUs."""
+workers take the head's CPUs; the job's environment names the bucket (MVG_STORE, MVG_RAY_STORAGE)
+and its endpoint and credentials (AWS_*), nothing else."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ import time
 
 import numpy as np
 import pytest
+import s3fs
+from mlflow import MlflowClient
 
 from mvg.distributed import RAY_ENV
 from tests import servers
@@ -49,8 +53,20 @@ def train_flow_runs(run_name: str) -> list:
     return [run for run in runs if run.parameters.get("run_name") == run_name]
 
 
+def upload_store(local_store, s3_env: dict, monkeypatch) -> tuple[str, str]:
+    """Copy a local store into a new bucket, file for file (a store needs nothing else to move to
+    S3); point this process at the server. Returns the store root and a Ray storage path beside it."""
+    for key, value in s3_env.items():
+        monkeypatch.setenv(key, value)
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3 = s3fs.S3FileSystem()
+    s3.mkdir("mvg-ray-job")
+    s3.put(str(local_store), "mvg-ray-job/store", recursive=True)
+    return "s3://mvg-ray-job/store", "s3://mvg-ray-job/ray"
+
+
 @pytest.mark.timeout(600)
-def test_mvg_train_as_a_ray_job_on_a_loopback_head_registers_a_loadable_candidate(phantom_store, tmp_path, prefect_server):
+def test_mvg_train_as_a_ray_job_on_a_loopback_head_registers_a_loadable_candidate(phantom_store, tmp_path, prefect_server, monkeypatch):
     if servers.ray_cli() is None:
         pytest.skip("the `ray` command line is not installed")
     from prefect.settings import PREFECT_API_URL
@@ -61,15 +77,16 @@ def test_mvg_train_as_a_ray_job_on_a_loopback_head_registers_a_loadable_candidat
     from storage.store import ZarrStore
 
     home = tmp_path / "home"
-    command = [
-        sys.executable, "-m", "flows.cli", "train", "--store", str(phantom_store), "--workers", "1", "--cpus-per-worker", "1",
+    command = [  # no --store: MVG_STORE names it
+        sys.executable, "-m", "flows.cli", "train", "--workers", "1", "--cpus-per-worker", "1",
         "--max-steps", "6", "--run-name", RUN_NAME, "--checkpoint-every", "3", "--log-every", "3", "--sample-every", "0",
         "--set", "model.depth=2", "--set", "model.embed_dim=96", "--set", "model.num_heads=3", "--set", "optim.batch_size=4",
         "--set", "optim.warmup_steps=2",
     ]
     # the head comes up while the MLflow server does; it stops first, then fails the test if any of it is left
     with servers.ray_head(tmp_path / "ray-head.log", num_cpus=HEAD_CPUS, wait=False) as head:
-        with servers.mlflow_server(tmp_path) as (uri, artifacts):
+        with servers.mlflow_server(tmp_path) as (uri, artifacts), servers.s3_server(tmp_path) as s3_env:
+            store, ray_storage = upload_store(phantom_store, s3_env, monkeypatch)
             head.wait_until_up()
             jobs = JobSubmissionClient(head.dashboard_url, headers=head.headers)
             # no working_dir: the project is installed (editable) in the interpreter the head runs, so the
@@ -80,6 +97,9 @@ def test_mvg_train_as_a_ray_job_on_a_loopback_head_registers_a_loadable_candidat
                     "env_vars": {
                         "MLFLOW_TRACKING_URI": uri,
                         "MVG_HOME": str(home),
+                        "MVG_STORE": store,
+                        "MVG_RAY_STORAGE": ray_storage,
+                        **s3_env,
                         "PREFECT_API_URL": PREFECT_API_URL.value(),  # the session's test server, not a temporary one
                         # a key mvg's own ray.init also sets: Ray refuses to merge the two if it sets it again
                         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": RAY_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"],
@@ -110,7 +130,11 @@ def test_mvg_train_as_a_ray_job_on_a_loopback_head_registers_a_loadable_candidat
             assert "registered mvg version 1: models:/mvg/1" in logs, logs[-3000:]
             assert not (home / "mlflow.db").exists(), "tracking went to the server, not the local default"
             assert list(artifacts.rglob("model.safetensors")), "the model's weights were uploaded through the server"
-            assert list((home / "ray" / RUN_NAME).glob("checkpoint_*")), "Ray's checkpoints went under the job's MVG_HOME"
+            checkpoints = s3fs.S3FileSystem().find(ray_storage.removeprefix("s3://"))
+            assert [f for f in checkpoints if f.endswith("checkpoint.pt") and f"/{RUN_NAME}/checkpoint_" in f], checkpoints
+            assert not (home / "ray").exists() and not (home / "store").exists(), "the bucket, not the job's MVG_HOME"
+            run = MlflowClient(uri).get_run(MlflowClient(uri).get_model_version("mvg", "1").run_id)
+            assert run.data.tags["store.phantom-segmentation"] == ZarrStore(store).dataset("phantom-segmentation").catalog.version()
             flow_runs = train_flow_runs(RUN_NAME)
             assert [run.state.type.value for run in flow_runs] == ["COMPLETED"], "the flow ran on the session's Prefect server"
 

@@ -1,6 +1,7 @@
 """An `s3://` store root against a real S3 API server on loopback (moto's standalone server, the
 same protocol as MinIO or AWS): ingest through the CLI, listing, slice reads, re-ingest of a changed
-case, an upload cut short, training episodes and evaluation read from the bucket."""
+case, an upload cut short, training episodes and evaluation read from the bucket. `mvg train` on a
+Ray head with the store and its checkpoints in a bucket: tests/test_ray_job.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from storage.layouts import plan_dataset
 from storage.location import Location
 from storage.shards import SliceReader
 from storage.store import ZarrStore, dataset_dir, published_record, rebuild_catalog
-from tests.conftest import LPS_AFFINE, ct_case, write_nnunet
+from tests.conftest import LPS_AFFINE, ct_case
 from tests.servers import s3_server
 
 s3fs = pytest.importorskip("s3fs")
@@ -35,10 +36,12 @@ def s3_env(tmp_path_factory):
 
 
 @pytest.fixture
-def s3_root(s3_env, monkeypatch) -> str:
-    """A store root in a fresh bucket; this process's S3 clients point at the loopback server."""
+def s3_root(s3_env, monkeypatch, tmp_path) -> str:
+    """A store root in a fresh bucket; this process's S3 clients point at the loopback server and
+    its slice readers cache shards under tmp_path."""
     for key, value in s3_env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MVG_CACHE", str(tmp_path / "cache"))
     s3fs.S3FileSystem.clear_instance_cache()  # a cached client may still point at another endpoint
     bucket = f"mvg-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem().mkdir(bucket)
@@ -79,7 +82,9 @@ def test_mvg_ingest_writes_an_s3_store_that_reads_back_like_a_local_one(small_ct
     assert stored.catalog.version() == reference.catalog.version()
     assert stored.cases() == reference.cases() and len(stored.cases()) == 5
     for case in stored.cases():
-        assert isinstance(stored.slice_reader(case, "image"), SliceReader), "the one-GET-per-slice reader works on S3"
+        reader = stored.slice_reader(case, "image")
+        assert isinstance(reader, SliceReader) and reader.shard_path.is_local, "slices come from the local shard copy"
+        assert reader.shard_path.url.startswith(str(tmp_path / "cache"))
         for index in range(stored.record(case).slices):
             got, want = stored.read_slice(case, index), reference.read_slice(case, index)
             np.testing.assert_array_equal(got.image, want.image)
@@ -99,6 +104,7 @@ def test_mvg_ingest_writes_an_s3_store_that_reads_back_like_a_local_one(small_ct
 def test_re_ingest_skips_unchanged_cases_and_replaces_a_changed_one_whole(small_ct_dataset, s3_root):
     assert set(ingest_in_process(small_ct_dataset, s3_root).values()) == {"ingested"}
     before = bucket_files(s3_root)
+    old_slice = ZarrStore(s3_root).dataset("smallct").read_slice("ct_02", 0)  # now in the local cache
     assert set(ingest_in_process(small_ct_dataset, s3_root).values()) == {"skipped"}
 
     image, labels = ct_case(7, shape=(64, 64, 9))  # another scan, fewer slices, under ct_02's name
@@ -111,6 +117,20 @@ def test_re_ingest_skips_unchanged_cases_and_replaces_a_changed_one_whole(small_
     assert dataset.record("ct_02").slices == 9
     stored_labels = dataset.read_volume("ct_02").target
     assert stored_labels.shape == (9, SIZE, SIZE) and set(np.unique(stored_labels)) == {0, 1, 2}
+    new_slice = dataset.read_slice("ct_02", 0)  # the cache keys copies by the object's version
+    np.testing.assert_array_equal(new_slice.image, dataset.read_volume("ct_02").image[0])
+    assert not np.array_equal(new_slice.image, old_slice.image)
+
+
+def test_with_the_cache_off_every_slice_is_a_ranged_get_and_reads_the_same(small_ct_dataset, s3_root, monkeypatch, tmp_path):
+    ingest_in_process(small_ct_dataset, s3_root)
+    cached = ZarrStore(s3_root).dataset("smallct")
+    monkeypatch.setenv("MVG_CACHE", "off")
+    direct = ZarrStore(s3_root).dataset("smallct")
+    reader = direct.slice_reader("ct_03", "target")
+    assert not reader.shard_path.is_local
+    for index in range(direct.record("ct_03").slices):
+        np.testing.assert_array_equal(direct.read_slice("ct_03", index).target, cached.read_slice("ct_03", index).target)
 
 
 def test_an_upload_cut_short_publishes_nothing_and_the_next_ingest_mends_it(small_ct_dataset, s3_root, monkeypatch):
@@ -175,32 +195,3 @@ def test_training_episodes_and_evaluation_read_the_same_from_s3(small_ct_dataset
 def test_a_store_url_without_its_backend_or_protocol_is_refused_by_name():
     with pytest.raises(ValueError, match="nosuchproto://bucket/store"):
         ZarrStore("nosuchproto://bucket/store")
-
-
-def test_mvg_train_reads_an_s3_store_and_checkpoints_to_s3(small_ct_dataset, s3_root, tmp_path):
-    """The scale-out layout on one machine: store and Ray Train's checkpoints in the bucket, only
-    the S3 variables in the environment; the model is registered from the checkpoint Ray uploaded."""
-    from mvg.tracking import client, tracking_uri
-
-    ingest_in_process(small_ct_dataset, s3_root)
-    ray_storage = s3_root.replace("/store", "/ray")
-    home = tmp_path / "home"
-    command = [
-        sys.executable, "-m", "flows.cli", "train", "--store", s3_root, "--ray-storage", ray_storage, "--workers", "1",
-        "--cpus-per-worker", "1", "--max-steps", "4", "--run-name", "on-s3", "--checkpoint-every", "2", "--log-every", "2",
-        "--sample-every", "0", "--set", "model.depth=1", "--set", "model.embed_dim=48", "--set", "model.num_heads=2",
-        "--set", "optim.batch_size=2", "--set", "optim.warmup_steps=1",
-    ]
-    env = {**os.environ, "MVG_HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]
-    assert "registered mvg version 1: models:/mvg/1" in done.stdout
-
-    checkpoints = [f for f in bucket_files(ray_storage) if f.endswith("checkpoint.pt")]
-    assert checkpoints and all(f.startswith("on-s3/") for f in checkpoints), bucket_files(ray_storage)
-    assert not (home / "ray").exists(), "nothing of Ray's went to the local home"
-    mlflow = client(tracking_uri(home))
-    version = mlflow.get_model_version("mvg", "1")
-    run = mlflow.get_run(version.run_id)
-    assert run.data.tags["store.smallct"] == ZarrStore(s3_root).dataset("smallct").catalog.version()

@@ -4,7 +4,8 @@ The model paints grey levels, not class ids. A `Colouring` maps each class of an
 level in (0, 1]; background is 0. The same mapping colours the prompt target and the query target,
 so the model must read which level means which structure from the prompt, not from the level.
 
-- binary:      one class against the rest at level 1 (multi-class: one pass per class);
+- binary:      one class against the rest at level 1 (multi-class: one pass per class, painted
+               by mvg.evaluation.paint_volume for a model trained so);
 - predefined:  a fixed level per (dataset, class), the paper's sum_{i<k} i * N_i + n, scaled to (0, 1];
 - random:      levels drawn afresh per episode from an evenly spaced palette, distinct per class.
 
@@ -111,13 +112,3 @@ def colouring_for(
             raise ValueError("predefined colouring needs the colour table and the dataset name")
         return table.colouring(dataset, classes)
     raise ValueError(f"unknown colouring {scheme!r}; expected one of {', '.join(SCHEMES)}")
-
-
-def decode_per_class(predictions: dict[int, np.ndarray], threshold: float = 0.5) -> np.ndarray:
-    """Multi-class labels from one binary pass per class: a pixel takes the class whose prediction
-    is highest, where that prediction clears `threshold`; else background."""
-    classes = sorted(predictions)
-    stack = np.stack([predictions[c] for c in classes])
-    best = stack.argmax(axis=0)
-    labels = np.asarray(classes, dtype=np.int64)[best]
-    return np.where(stack.max(axis=0) >= threshold, labels, 0)

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvg.colouring import Colouring
+from mvg.colouring import Colouring, binary
 from mvg.config import TASKS
 from mvg.episodes import unit_float
 from mvg.inference import evaluating, image_tensor, prompt_colouring, resize_images
@@ -118,6 +118,7 @@ def paint_volume(
     classes: Iterable[int] | None = None,
     decode: str = "prompt",
     cache: bool = True,
+    per_class: bool | None = None,
 ) -> np.ndarray:
     """Paint the target of every slice of `query` (Zq, Hq, Wq) from k prompt volumes.
 
@@ -128,7 +129,9 @@ def paint_volume(
     (module docstring). Returns int64 labels or float32 images in [0, 1], shaped like `query`.
     `cache=False` re-encodes the prompts with every query slice (`MVG.predict_uncached`) instead of
     encoding each distinct prompt once (`MVG.predict`): the same prediction, slower; the baseline
-    that benchmarks/evaluate.py measures the prompt cache against."""
+    that benchmarks/evaluate.py measures the prompt cache against. `per_class` (default: whether the
+    model was trained with binary colouring) paints one binary pass per class and gives each voxel
+    the class painted brightest, where that clears 0.5 (the paper's binary colourisation)."""
     _check_volumes(model, prompt_images, prompt_targets, query, task, batch_size, decode)
     if device is not None:
         model.to(device)
@@ -136,7 +139,12 @@ def paint_volume(
     segmentation = task == "segmentation"
     if segmentation and colouring is None:
         colouring = volume_colouring(prompt_targets, classes)
-    levels = _Levels.of(colouring, device) if segmentation else None
+    if per_class is None:
+        per_class = getattr(model, "colouring", "random") == "binary"
+    # one (colouring, levels) per pass: the volume's colouring, or class c alone at level 1
+    passes = [(colouring, _Levels.of(colouring, device))] if segmentation else [(None, None)]
+    if segmentation and per_class:
+        passes = [(binary(value), _Levels.of(binary(value), device)) for value in sorted(colouring.levels)]
 
     depth, height, width = query.shape
     painted = np.empty(query.shape, dtype=np.int64 if segmentation else np.float32)
@@ -147,25 +155,47 @@ def paint_volume(
         for start in range(0, depth, batch_size):
             rows = range(start, min(start + batch_size, depth))
             queries = resize_images(image_tensor(unit_float(query[rows.start : rows.stop]), device), size)
-            pairs = [
-                _prompt_pair(images, targets, rows, depth, size, device, colouring, levels)
-                for images, targets in zip(prompt_images, prompt_targets)
-            ]
-            shown_images = torch.stack([images for images, _, _ in pairs], dim=1)
-            shown_targets = torch.stack([targets for _, targets, _ in pairs], dim=1)
-            if cache:
-                prediction = model.predict(queries, shown_images, shown_targets, task)
-            else:
-                prediction = model.predict_uncached(queries, shown_images, shown_targets)
+            painted_passes = []
+            for pass_colouring, levels in passes:
+                pairs = [
+                    _prompt_pair(images, targets, rows, depth, size, device, pass_colouring, levels)
+                    for images, targets in zip(prompt_images, prompt_targets)
+                ]
+                shown_images = torch.stack([images for images, _, _ in pairs], dim=1)
+                shown_targets = torch.stack([targets for _, targets, _ in pairs], dim=1)
+                if cache:
+                    prediction = model.predict(queries, shown_images, shown_targets, task)
+                else:
+                    prediction = model.predict_uncached(queries, shown_images, shown_targets)
+                shown = torch.stack([present for _, _, present in pairs]).any(dim=0) if segmentation else None
+                painted_passes.append((prediction[:, 0].float(), shown))
             if segmentation:
-                shown = torch.stack([present for _, _, present in pairs]).any(dim=0)
-                allowed = shown if decode == "prompt" else torch.ones_like(shown)
-                labels = levels.decode(prediction[:, 0].float(), allowed)  # at the model's size: see module doc
+                if per_class:
+                    labels = _brightest_class(painted_passes, passes, decode)
+                else:
+                    (prediction, shown), (_, levels) = painted_passes[0], passes[0]
+                    allowed = shown if decode == "prompt" else torch.ones_like(shown)
+                    labels = levels.decode(prediction, allowed)  # at the model's size: see module doc
                 prediction = resize_images(labels[:, None].float(), (height, width), labels=True)[:, 0].long()
             else:
+                prediction = painted_passes[0][0][:, None]
                 prediction = resize_images(prediction.float(), (height, width)).clamp(0, 1)[:, 0]
             painted[rows.start : rows.stop] = prediction.cpu().numpy()
     return painted
+
+
+def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], passes: list, decode: str) -> torch.Tensor:
+    """Binary passes -> class ids: each voxel takes the class painted brightest where that clears
+    0.5, else background. With decode "prompt" a class whose prompt slice does not show it stays
+    out of that slice (as the multi-level decode does)."""
+    scores = []
+    for prediction, shown in painted:
+        allowed = shown[:, 1] if decode == "prompt" else torch.ones_like(shown[:, 1])
+        scores.append(torch.where(allowed[:, None, None], prediction, torch.zeros_like(prediction)))
+    stack = torch.stack(scores)  # (classes, N, S, S)
+    best_score, best = stack.max(dim=0)
+    classes = torch.tensor([int(levels.classes[1]) for _, levels in passes], device=stack.device)
+    return torch.where(best_score >= 0.5, classes[best], torch.zeros_like(best))
 
 
 @dataclass(frozen=True)
@@ -339,9 +369,11 @@ def evaluate_dataset(
     device: str | torch.device | None = None,
     max_cases: int | None = None,
     decode: str = "prompt",
+    per_class: bool | None = None,
 ) -> DatasetEvaluation:
     """Paint every test case of `dataset` (the first `max_cases`) from `shots` training cases per
-    draw, with the model and the task's baseline, and score both (module docstring)."""
+    draw, with the model and the task's baseline, and score both (module docstring). `per_class`:
+    one binary pass per class (`paint_volume`; default: as the model was trained)."""
     spec = dataset.spec
     task = spec.task
     if task not in BASELINE_BY_TASK:
@@ -380,7 +412,7 @@ def evaluate_dataset(
             predictions = {
                 MODEL: paint_volume(
                     model, prompt_images, prompt_targets, query, task, batch_size, device,
-                    classes=classes or None, decode=decode,
+                    classes=classes or None, decode=decode, per_class=per_class,
                 ),
                 baseline: copy_prompt(prompt_targets[0], query.shape) if segmentation else identity(query),
             }

@@ -61,6 +61,15 @@ def paint(
                 "choose prompts where the structure is larger"
             )
 
+    if segmentation and getattr(model, "colouring", "random") == "binary" and len(queries):
+        # a binary-trained model paints one class per pass: paint_volume's per-class painting, with
+        # each prompt pair as a one-slice volume that serves every query (imported here: it builds on
+        # this module)
+        from mvg.evaluation import paint_volume
+
+        return paint_volume(model, list(prompt_images[:, None]), list(prompt_targets[:, None].astype(np.int64)),
+                            queries, task, batch_size)
+
     count, height, width = queries.shape
     painted = np.empty((count, height, width), dtype=np.int64 if segmentation else np.float32)
     with evaluating(model), torch.inference_mode():

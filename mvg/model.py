@@ -69,6 +69,8 @@ class PromptCache:
 class MVG(nn.Module):
     def __init__(self, config: ModelConfig | MVGConfig):
         super().__init__()
+        # how it was taught to read segmentation prompts: binary-trained models paint one class per pass
+        self.colouring = config.objective.colouring if isinstance(config, MVGConfig) else "random"
         config = config.model if isinstance(config, MVGConfig) else config  # `MVG(preset("base"))` works too
         self.config = config
         dim = config.embed_dim

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mvg.colouring import PALETTE_SIZE, Colouring, PredefinedTable, binary, colouring_for, decode_per_class, random_colouring
+from mvg.colouring import PALETTE_SIZE, Colouring, PredefinedTable, binary, colouring_for, random_colouring
 
 
 @pytest.fixture
@@ -40,9 +40,7 @@ def test_decoding_only_offers_levels_present_in_the_prompt(labels):
     assert np.array_equal(decoded[labels != 5], labels[labels != 5])
 
 
-def test_binary_and_per_class_decoding(labels):
-    predictions = {c: binary(c).colour(labels) * 0.8 + 0.1 for c in (1, 2, 3, 4, 5)}
-    assert np.array_equal(decode_per_class(predictions), labels)
+def test_binary_colouring_is_one_class_at_level_one(labels):
     single = binary(3)
     assert set(np.unique(single.colour(labels))) == {0.0, 1.0}
     assert np.array_equal(single.decode(single.colour(labels), single.colour(labels)), np.where(labels == 3, 3, 0))

@@ -160,17 +160,40 @@ def test_painting_without_the_prompt_cache_gives_the_same_volume(task):
         np.testing.assert_allclose(cached, uncached, atol=1e-5)
 
 
+@pytest.mark.parametrize("per_class", [False, True])
 @pytest.mark.parametrize("decode", ["prompt", "all"])
 @pytest.mark.parametrize(("prompt_depth", "query_depth"), [(10, 5), (3, 7), (6, 6)])
-def test_copy_prompt_model_paints_the_copy_prompt_baseline(prompt_depth, query_depth, decode):
+def test_copy_prompt_model_paints_the_copy_prompt_baseline(prompt_depth, query_depth, decode, per_class):
     targets = labels(prompt_depth, 64, 64)
     painted = paint_volume(stand_in(CopyPrompt, 64), [images((prompt_depth, 64, 64))], [targets],
                            images((query_depth, 64, 64), seed=1), "segmentation", batch_size=4,
-                           classes=[1, 3, 7], decode=decode)
+                           classes=[1, 3, 7], decode=decode, per_class=per_class)
     baseline = copy_prompt(targets, (query_depth, 64, 64))
     np.testing.assert_array_equal(painted, baseline)
     expected = [targets[n * prompt_depth // query_depth] for n in range(query_depth)]
     np.testing.assert_array_equal(baseline, np.stack(expected))
+
+
+class PaintsEverywhere(MVG):
+    """Per-class passes that disagree: the prompt's class painted at 0.9 where it is, and 0.6
+    everywhere else (as a model that over-paints does)."""
+
+    def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
+        target = prompt_targets[:, 0]
+        return torch.where(target > 0, torch.full_like(target, 0.9), torch.full_like(target, 0.6))
+
+
+@pytest.mark.parametrize("decode", ["prompt", "all"])
+def test_per_class_passes_give_each_voxel_its_brightest_class_and_respect_the_prompt(decode):
+    targets = labels(4, 64, 64)
+    painted = paint_volume(stand_in(PaintsEverywhere, 64), [images((4, 64, 64))], [targets], images((4, 64, 64), seed=1),
+                           "segmentation", classes=[3, 7], decode=decode, per_class=True)
+    foreground = targets > 0
+    np.testing.assert_array_equal(painted[foreground], targets[foreground])  # 0.9 beats the other pass's 0.6
+    for empty in (0, 3):  # slices showing no class: "prompt" decodes them to background
+        assert targets[empty].max() == 0 and (painted[empty] == 0).all() == (decode == "prompt")
+    background = painted[1:3][~foreground[1:3]]  # both passes paint 0.6 >= 0.5: the lower class wins the tie
+    assert background.size and (background == 3).all()
 
 
 def test_resizing_never_invents_a_class_along_another_class_edge():

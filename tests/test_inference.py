@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mvg.config import preset
+from mvg.evaluation import copy_prompt
 from mvg.inference import paint, prompt_colouring
 from mvg.model import MVG
 
@@ -70,6 +71,22 @@ def test_copying_the_prompt_returns_its_label_map_exactly():
     prompt[0, 40:50, 20:30] = 255
     painted = paint(CopyPrompt(CONFIG), images(1, 64, 64), prompt, images(2, 64, 64, seed=1))
     np.testing.assert_array_equal(painted, np.repeat(prompt, 2, axis=0))
+
+
+@pytest.mark.parametrize("pairs", [1, 2])
+def test_a_binary_trained_model_paints_one_pass_per_class_and_returns_the_label_map(pairs):
+    copying = CopyPrompt(CONFIG.with_overrides(objective={"colouring": "binary"}))
+    assert copying.colouring == "binary" and MVG(CONFIG).colouring == "random"
+    prompt = np.zeros((pairs, 64, 64), dtype=np.uint8)
+    prompt[:, 5:30, 5:20] = 3
+    prompt[:, 30:60, 10:50] = 7
+    passes = []
+    real_predict = copying.predict
+    copying.predict = lambda *args, **kwargs: passes.append(np.unique(args[2].numpy())) or real_predict(*args, **kwargs)
+    painted = paint(copying, images(pairs, 64, 64), prompt, images(3, 40, 40, seed=1), batch_size=4)
+    assert [level.tolist() for level in passes] == [[0.0, 1.0], [0.0, 1.0]], "one binary pass per class"
+    np.testing.assert_array_equal(painted, copy_prompt(prompt[:1], (3, 40, 40)))  # the prompt, resized by nearest pixel
+    assert set(np.unique(painted)) == {0, 3, 7}
 
 
 def test_resizing_down_and_back_up_keeps_pixel_aligned_labels():

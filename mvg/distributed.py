@@ -16,6 +16,8 @@ must be on a file system every node sees).
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import tempfile
 from collections.abc import Callable
@@ -139,7 +141,22 @@ def local_copy(checkpoint: ray.train.Checkpoint, job: TrainJob) -> Path:
     return Path(checkpoint.to_directory(tempfile.mkdtemp(prefix=f"mvg-{job.run_name}-")))
 
 
+# Ray Train logs every report and every checkpoint at INFO in each worker, and Ray forwards it all to
+# the driver: two long lines per checkpoint that bury the run's own progress (our rank 0 logs the step,
+# loss and rate, and MLflow has the checkpoints). One logger is named by its module's file path.
+RAY_TRAIN_CHATTER = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
+
+
+def quiet_ray_train_chatter() -> None:
+    for module in RAY_TRAIN_CHATTER:
+        spec = importlib.util.find_spec(module)
+        for name in (module, spec.origin if spec else None):
+            if name:
+                logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop: dict) -> None:
+    quiet_ray_train_chatter()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(max(1, int(loop["scaling"]["cpus_per_worker"])))  # Ray sets OMP_NUM_THREADS=1

@@ -10,19 +10,24 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
 install: $(VENV)/.installed
 
+# the project alone (what the demo needs); the test tools on top only for `make test`
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 demo: install
 	$(BIN)/mvg demo
 
-test: install
+test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.ingest
 	$(BIN)/python -m benchmarks.model
 	$(BIN)/python -m benchmarks.train

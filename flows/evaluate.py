@@ -31,8 +31,7 @@ from mvg.tracking import (
     resolve_version,
     tracking_uri,
 )
-from storage.home import store_root
-from storage.location import Location
+from storage.home import chosen_store
 from storage.store import ZarrStore
 
 EXPERIMENT = "mvg-evaluation"
@@ -69,7 +68,7 @@ def evaluate_flow(
     rule: str = "every",
     tolerance: float = 0.0,
 ) -> dict:
-    store = str(Location.of(store or store_root()))
+    store = chosen_store(store)
     PromotionRule(rule, tolerance)  # a bad rule fails before any model is loaded
     available = ZarrStore(store).datasets()
     chosen = datasets or [name for name in available if ZarrStore(store).dataset(name).cases("test")]

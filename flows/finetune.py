@@ -20,8 +20,7 @@ from mvg.finetune import FinetuneSettings, few_shot_cases, finetune
 from mvg.loading import load_model_and_config
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import RunLogger, client, git_commit, open_run, resolve_version, store_versions, tracking_uri
-from storage.home import store_root
-from storage.location import Location
+from storage.home import chosen_store
 from storage.store import ZarrStore
 
 FINETUNED = "finetuned"
@@ -61,7 +60,7 @@ def finetune_flow(
     alias: str = FINETUNED,
 ) -> dict:
     settings = FinetuneSettings(cases, steps, lr, warmup_steps, seed)
-    store = str(Location.of(store or store_root()))
+    store = chosen_store(store)
     model, trained_config = load_model_and_config(model_uri)  # a bad URI fails before anything is ingested
     datasets = stored_datasets(sources, store, spec, size)
     chosen = few_shot_cases(store, datasets, settings.cases)

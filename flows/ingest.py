@@ -18,7 +18,7 @@ from prefect.states import Completed, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
-from storage.home import store_root
+from storage.home import chosen_store
 from storage.ingest import CaseResult, CatalogWriter, IngestOptions, IngestReport, dask_client, ingest_case
 from storage.layouts import CaseSource, plan_dataset
 from storage.specs import DatasetSpec
@@ -68,7 +68,7 @@ def ingest_flow(
     plan = plan_dataset(source, spec)
     overrides = {"name": name, "input_channel": input_channel, "target_channel": target_channel}
     plan.spec = plan.spec.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
-    writer = CatalogWriter(store or store_root(), plan)
+    writer = CatalogWriter(chosen_store(store), plan)
     options = IngestOptions(size=size)
     print(f"{plan.spec.name}: {len(plan.cases)} case(s) planned, {len(plan.problems)} unplannable, {workers} worker(s)")
     with dask_client(workers, dask_address), tqdm(

@@ -26,8 +26,7 @@ from flows.promote import promote_flow
 from flows.train import train_flow
 from mvg.evaluation import to_markdown
 from mvg.tracking import tracking_uri
-from storage.home import mvg_home, store_root
-from storage.location import Location
+from storage.home import chosen_store, mvg_home
 from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
 
 # the demo's phantoms: stored at tiny-cpu's own size, so nothing is resized between store and model
@@ -90,7 +89,7 @@ def pipeline_flow(
     home = mvg_home()
     if fresh:
         run_name = start_over(home, run_name)
-    store = str(Location.of(store or store_root()))
+    store = chosen_store(store)
     sources = phantoms_flow(str(home / "phantoms"), cases=cases, size=size, slices=slices)
 
     ingested = {}

@@ -21,8 +21,7 @@ from mvg.episodes import EpisodeSampler
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
 from mvg.train import load_trained
-from storage.home import ray_storage, store_root
-from storage.location import Location
+from storage.home import chosen_store, ray_storage
 from storage.store import ZarrStore
 
 REGISTERED_MODEL = "mvg"
@@ -85,7 +84,7 @@ def train_flow(
     store; `stop_at` stops early (the same run name later goes on from there). `storage`: Ray
     Train's checkpoints (default `$MVG_RAY_STORAGE`, else `$MVG_HOME/ray`)."""
     config = preset_config(preset).with_overrides(**(overrides or {}))
-    stores = (str(Location.of(store or store_root())),)
+    stores = (chosen_store(store),)
     # fail here, with the reason, rather than in every Ray worker and each of its restarts
     if not ZarrStore(stores[0]).datasets():
         raise ValueError(f"the store {stores[0]} holds no datasets: ingest some first (mvg ingest SOURCE)")

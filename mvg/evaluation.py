@@ -142,9 +142,12 @@ def paint_volume(
     if per_class is None:
         per_class = getattr(model, "colouring", "random") == "binary"
     # one (colouring, levels) per pass: the volume's colouring, or class c alone at level 1
-    passes = [(colouring, _Levels.of(colouring, device))] if segmentation else [(None, None)]
-    if segmentation and per_class:
+    if not segmentation:
+        passes = [(None, None)]
+    elif per_class:
         passes = [(binary(value), _Levels.of(binary(value), device)) for value in sorted(colouring.levels)]
+    else:
+        passes = [(colouring, _Levels.of(colouring, device))]
 
     depth, height, width = query.shape
     painted = np.empty(query.shape, dtype=np.int64 if segmentation else np.float32)
@@ -171,7 +174,7 @@ def paint_volume(
                 painted_passes.append((prediction[:, 0].float(), shown))
             if segmentation:
                 if per_class:
-                    labels = _brightest_class(painted_passes, passes, decode)
+                    labels = _brightest_class(painted_passes, sorted(colouring.levels), decode)
                 else:
                     (prediction, shown), (_, levels) = painted_passes[0], passes[0]
                     allowed = shown if decode == "prompt" else torch.ones_like(shown)
@@ -184,8 +187,8 @@ def paint_volume(
     return painted
 
 
-def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], passes: list, decode: str) -> torch.Tensor:
-    """Binary passes -> class ids: each voxel takes the class painted brightest where that clears
+def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], classes: list[int], decode: str) -> torch.Tensor:
+    """Binary passes, one per class of `classes` -> class ids: each voxel takes the class painted brightest where that clears
     0.5, else background. With decode "prompt" a class whose prompt slice does not show it stays
     out of that slice (as the multi-level decode does)."""
     scores = []
@@ -194,8 +197,8 @@ def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], passes: l
         scores.append(torch.where(allowed[:, None, None], prediction, torch.zeros_like(prediction)))
     stack = torch.stack(scores)  # (classes, N, S, S)
     best_score, best = stack.max(dim=0)
-    classes = torch.tensor([int(levels.classes[1]) for _, levels in passes], device=stack.device)
-    return torch.where(best_score >= 0.5, classes[best], torch.zeros_like(best))
+    ids = torch.tensor(classes, dtype=torch.int64, device=stack.device)
+    return torch.where(best_score >= 0.5, ids[best], torch.zeros_like(best))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from storage.location import Location
+
 DEFAULT_HOME = "mvg-home"  # relative to the working directory, so a checkout keeps its own data
 
 
@@ -24,6 +26,12 @@ def store_root(home: str | Path | None = None) -> str:
     if home is None and os.environ.get("MVG_STORE"):
         return os.environ["MVG_STORE"]
     return str(mvg_home(home) / "store")
+
+
+def chosen_store(store: str | Path | None = None) -> str:
+    """The store root a command works on: `store` (a path or URL) when given, else `store_root()`;
+    absolute, so it means the same in Ray and Dask workers."""
+    return Location.of(store or store_root()).url
 
 
 def ray_storage(home: str | Path | None = None) -> str:

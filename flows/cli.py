@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rule_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
-    promote = commands.add_parser("promote", help="move @champion to an evaluated version if the rule says it is as good")
+    promote = commands.add_parser("promote", help="move @champion to an evaluated version if it beats its baselines and is as good as the champion")
     promote.add_argument("--model", default="models:/mvg@candidate", help="registry URI of an evaluated version")
     add_rule_arguments(promote)
     promote.set_defaults(run=run_promote)
@@ -228,8 +228,9 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     from mvg.promotion import RULES
 
     parser.add_argument("--rule", choices=RULES, default="every",
-                        help="every: as good on every shared dataset; mean: on the mean of the differences")
-    parser.add_argument("--tolerance", type=float, default=0.0, help="allowed loss in the metric's units (mIoU, dB)")
+                        help="every: beats its baselines on every dataset and is as good as the champion on every shared one; "
+                             "mean: on the mean of the differences")
+    parser.add_argument("--tolerance", type=float, default=0.0, help="allowed loss to the champion in the metric's units (mIoU, dB); none to the baselines")
 
 
 def run_evaluate(args) -> int:

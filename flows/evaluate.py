@@ -1,10 +1,12 @@
 """Prefect flow `evaluate`: a registered model (default `models:/mvg@candidate`) against the held-out
 cases of the store, beside the copy-the-prompt and identity baselines, in the layout of the paper's
-Tables 2 and 3; then the `champion` alias moves to it if it is at least as good as the champion.
+Tables 2 and 3; then the `champion` alias moves to it if it beats its baselines and is at least as
+good as the champion (mvg.promotion).
 
 Every dataset is a task; the tables (markdown and CSV), the per-case rows and one montage per dataset
-are artifacts of an MLflow evaluation run, the model's scores are tags of its registry version (what
-the next promotion compares against), and the tables are Prefect table artifacts.
+are artifacts of an MLflow evaluation run, the model's primary scores and its baselines' on the same
+cases are tags of its registry version (`eval.<dataset>.<metric>`, `baseline.<dataset>.<metric>`:
+what promotion reads), and the tables are Prefect table artifacts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mvg.evaluation import MODEL, DatasetEvaluation, evaluate_dataset, tables, to_csv, to_markdown
+from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, evaluate_dataset, tables, to_csv, to_markdown
 from mvg.loading import load_model, local_model
 from flows.promote import promote_flow
 from mvg.promotion import PRIMARY_METRIC, PromotionRule
@@ -44,12 +46,13 @@ def evaluate_dataset_task(model_folder: str, store: str, dataset: str, draws: in
     return evaluate_dataset(model, ZarrStore(store).dataset(dataset), draws=draws, shots=shots, seed=seed, max_cases=max_cases)
 
 
-def primary_scores(evaluations: list[DatasetEvaluation]) -> dict[str, float]:
-    """dataset -> the model's primary metric (mIoU or PSNR), mean over draws."""
+def primary_scores(evaluations: list[DatasetEvaluation], baseline: bool = False) -> dict[str, float]:
+    """dataset -> the model's primary metric (mIoU or PSNR; for inpainting the whole image's), mean
+    over draws; with `baseline`, that of the task's baseline (copy-prompt or identity) instead."""
     scores = {}
     for evaluation in evaluations:
         column = PAPER_NAMES[PRIMARY_METRIC[evaluation.task]]
-        value = evaluation.summary[MODEL][column].mean
+        value = evaluation.summary[BASELINE_BY_TASK[evaluation.task] if baseline else MODEL][column].mean
         if not math.isnan(value):
             scores[evaluation.dataset] = value
     return scores
@@ -112,12 +115,18 @@ def evaluate_flow(
             create_table_artifact(key=f"evaluate-{name}", table=rows, description=f"{name} of {model_uri}")
             print(f"\n{name}:\n{to_markdown(rows)}")
 
-    summary = {"model_uri": model_uri, "run_id": run_id, "tables": layout, "scores": primary_scores(evaluations)}
+    summary = {
+        "model_uri": model_uri, "run_id": run_id, "tables": layout,
+        "scores": primary_scores(evaluations), "baselines": primary_scores(evaluations, baseline=True),
+    }
     mlflow.set_terminated(run_id, "FINISHED")
     if version:
         name, number = version
-        recorded = {e.dataset: {PRIMARY_METRIC[e.task]: summary["scores"][e.dataset]} for e in evaluations if e.dataset in summary["scores"]}
-        record_evaluation(uri, name, number, recorded, run_id)
+
+        def by_metric(scores: dict[str, float]) -> dict[str, dict[str, float]]:
+            return {e.dataset: {PRIMARY_METRIC[e.task]: scores[e.dataset]} for e in evaluations if e.dataset in scores}
+
+        record_evaluation(uri, name, number, by_metric(summary["scores"]), run_id, baselines=by_metric(summary["baselines"]))
         summary["version"] = number
         if promote:
             summary |= promote_flow(f"models:/{name}/{number}", rule, tolerance)

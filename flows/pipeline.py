@@ -85,7 +85,8 @@ def pipeline_flow(
     store: str | None = None,
 ) -> dict:
     """Phantoms of every task -> the Zarr store -> `preset` trained on Ray (run `run_name`) ->
-    registered `mvg@candidate` -> evaluated beside the baselines -> `@champion` if it is as good."""
+    registered `mvg@candidate` -> evaluated beside the baselines -> `@champion` if it beats them and is
+    as good as the champion."""
     home = mvg_home()
     if fresh:
         run_name = start_over(home, run_name)

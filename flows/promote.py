@@ -1,9 +1,12 @@
-"""Prefect flow `promote`: move the `champion` alias to an evaluated registry version when it is at
-least as good as the current champion (mvg.promotion's rule), and record the decision and its reason
-as version tags (`promotion`, `promotion.reason`).
+"""Prefect flow `promote`: move the `champion` alias to an evaluated registry version when it beats
+the baselines of its own evaluation and is at least as good as the current champion (mvg.promotion's
+rule; a first candidate must beat the baselines too), and record the decision and its reason, with
+the figures, as version tags (`promotion`: champion or rejected, `promotion.reason`).
 
-It reads only what the evaluate flow recorded on the versions (`eval.<dataset>.<metric>` tags), so
-it can run on its own, e.g. with another rule, without evaluating anything again.
+It reads only what the evaluate flow recorded on the versions (`eval.<dataset>.<metric>` and
+`baseline.<dataset>.<metric>` tags), so it can run on its own, e.g. with another rule, without
+evaluating anything again. A version evaluated before baselines were recorded is not promoted
+("no baseline scores recorded; re-run mvg evaluate").
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from prefect import flow
 
 from mvg.promotion import PromotionRule, decide, primary_scores
-from mvg.tracking import alias_version, client, evaluated_metrics, resolve_version, tracking_uri
+from mvg.tracking import alias_version, baseline_metrics, client, evaluated_metrics, resolve_version, tracking_uri
 
 CHAMPION = "champion"
 
@@ -32,7 +35,8 @@ def promote_flow(model_uri: str = "models:/mvg@candidate", rule: str = "every", 
         print(f"{name} version {number} is already @{CHAMPION}")
         return {"version": number, "promoted": True, "reason": f"already the {CHAMPION}", "champion": number}
     champion_scores = None if champion is None else primary_scores(evaluated_metrics(uri, name, champion))
-    decision = decide(candidate, champion_scores, rule_)
+    baselines = primary_scores(baseline_metrics(uri, name, number))
+    decision = decide(candidate, baselines, champion_scores, rule_)
     mlflow = client(uri)
     mlflow.set_model_version_tag(name, number, "promotion", CHAMPION if decision.promote else "rejected")
     mlflow.set_model_version_tag(name, number, "promotion.reason", decision.reason)

@@ -154,6 +154,7 @@ def registered_version(uri: str, name: str, run_id: str, step: int) -> str | Non
 # ---------------------------------------------------------------------------- registry versions
 
 EVAL_TAG = "eval."  # version tags eval.<dataset>.<metric>: what the evaluate flow measured
+BASELINE_TAG = "baseline."  # version tags baseline.<dataset>.<metric>: the task's baseline in that evaluation
 
 
 def resolve_version(uri: str, model_uri: str) -> tuple[str, str] | None:
@@ -188,22 +189,41 @@ def alias_version(uri: str, name: str, alias: str) -> str | None:
         return None
 
 
-def record_evaluation(uri: str, name: str, version: str, metrics: Mapping[str, Mapping[str, float]], run_id: str) -> None:
-    """Tag the version with what was measured: eval.<dataset>.<metric> = value, and the run."""
+def record_evaluation(
+    uri: str,
+    name: str,
+    version: str,
+    metrics: Mapping[str, Mapping[str, float]],
+    run_id: str,
+    baselines: Mapping[str, Mapping[str, float]] | None = None,
+) -> None:
+    """Tag the version with what was measured: eval.<dataset>.<metric> = value, the baselines of
+    the same cases (copy-prompt, identity) as baseline.<dataset>.<metric> = value, and the run."""
     mlflow = client(uri)
-    for dataset, values in metrics.items():
-        for metric, value in values.items():
-            # repr precision: the next promotion compares against exactly this value
-            mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}{dataset}.{metric}", repr(float(value)))
+    for prefix, scores in ((EVAL_TAG, metrics), (BASELINE_TAG, baselines or {})):
+        for dataset, values in scores.items():
+            for metric, value in values.items():
+                # repr precision: the next promotion compares against exactly this value
+                mlflow.set_model_version_tag(name, version, f"{prefix}{dataset}.{metric}", repr(float(value)))
     mlflow.set_model_version_tag(name, version, f"{EVAL_TAG}run_id", run_id)
+
+
+def _tagged_scores(uri: str, name: str, version: str, prefix: str) -> dict[str, dict[str, float]]:
+    found: dict[str, dict[str, float]] = {}
+    for key, value in client(uri).get_model_version(name, version).tags.items():
+        if key.startswith(prefix):
+            dataset, dot, metric = key[len(prefix) :].rpartition(".")
+            if dot and dataset:  # eval.run_id names the run, not a score
+                found.setdefault(dataset, {})[metric] = float(value)
+    return found
 
 
 def evaluated_metrics(uri: str, name: str, version: str) -> dict[str, dict[str, float]]:
     """dataset -> metric -> value, as the evaluate flow recorded them on the version."""
-    found: dict[str, dict[str, float]] = {}
-    for key, value in client(uri).get_model_version(name, version).tags.items():
-        if key.startswith(EVAL_TAG):
-            dataset, dot, metric = key[len(EVAL_TAG) :].rpartition(".")
-            if dot and dataset:  # eval.run_id names the run, not a score
-                found.setdefault(dataset, {})[metric] = float(value)
-    return found
+    return _tagged_scores(uri, name, version, EVAL_TAG)
+
+
+def baseline_metrics(uri: str, name: str, version: str) -> dict[str, dict[str, float]]:
+    """dataset -> metric -> the baseline's value in the version's evaluation; empty for a version
+    evaluated before baselines were recorded."""
+    return _tagged_scores(uri, name, version, BASELINE_TAG)

@@ -1,5 +1,6 @@
 """The evaluate flow on phantom stores with a registered model: tables with baselines, MLflow
-artifacts, version tags, and the champion alias moved by the rule."""
+artifacts, version tags (the model's scores and its baselines'), and the champion alias moved by
+the rule: only to a version that beats its baselines."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from mvg.tracking import logged_model_id
 pytestmark = pytest.mark.slow
 
 
-def test_evaluate_writes_paper_tables_and_moves_the_champion_by_the_rule(registry, phantom_store, prefect_server):
+def test_evaluate_records_the_baselines_and_does_not_promote_a_candidate_that_loses_to_them(registry, phantom_store, prefect_server):
+    from mvg.tracking import alias_version
+
     from flows.evaluate import evaluate_flow
 
     first = evaluate_flow("models:/mvg/1", store=str(phantom_store), max_cases=1, draws=2)
@@ -18,27 +21,36 @@ def test_evaluate_writes_paper_tables_and_moves_the_champion_by_the_rule(registr
     assert [row["method"] for row in table2] == ["model", "copy-prompt"] and "phantom-segmentation" in table2[0]
     assert "±" in table2[0]["phantom-segmentation"], "two draws give a spread"
     assert [row["method"] for row in table3] == ["model", "identity"] and "phantom-synthesis PSNR" in table3[0]
-    assert first["promoted"] and first["reason"] == "no champion yet"
-    assert registry.get_model_version_by_alias("mvg", "champion").version in (1, "1")
+    assert float(table2[1]["phantom-segmentation"].split(" ±")[0]) == pytest.approx(first["baselines"]["phantom-segmentation"], abs=5e-4)
+    assert float(table3[1]["phantom-synthesis PSNR"].split(" ±")[0]) == pytest.approx(first["baselines"]["phantom-synthesis"], abs=5e-4)
+
+    # untrained weights paint worse than copying the prompt: not promoted, though there is no champion yet
+    model, baseline = first["scores"]["phantom-segmentation"], first["baselines"]["phantom-segmentation"]
+    assert model < baseline
+    assert not first["promoted"] and first["champion"] is None and alias_version(registry.tracking_uri, "mvg", "champion") is None
+    verdict = first["reason"].split(" (")[0]
+    assert verdict.startswith("does not beat its baseline on") and "phantom-segmentation miou" in verdict
+    assert f"phantom-segmentation miou {model:.4g} vs copy-prompt {baseline:.4g}" in first["reason"]
+    assert f"phantom-synthesis psnr {first['scores']['phantom-synthesis']:.4g} vs identity" in first["reason"]
 
     artifacts = {a.path for a in registry.list_artifacts(first["run_id"])}
     assert {"table2.md", "table2.csv", "table3.md", "table3.csv", "cases.csv", "montage-phantom-segmentation.png"} <= artifacts
     tags = registry.get_model_version("mvg", "1").tags
-    assert float(tags["eval.phantom-segmentation.miou"]) == pytest.approx(first["scores"]["phantom-segmentation"], rel=1e-5)
-    assert tags["promotion"] == "champion"
+    assert float(tags["eval.phantom-segmentation.miou"]) == pytest.approx(model, rel=1e-5)
+    assert float(tags["baseline.phantom-segmentation.miou"]) == pytest.approx(baseline, rel=1e-5)
+    assert float(tags["baseline.phantom-synthesis.psnr"]) == pytest.approx(first["baselines"]["phantom-synthesis"], rel=1e-5)
+    assert tags["promotion"] == "rejected" and tags["promotion.reason"] == first["reason"]
     logged = registry.get_logged_model(logged_model_id(registry.tracking_uri, "mvg", "1"))
     assert {"phantom-segmentation.model.mIoU", "phantom-synthesis.identity.PSNR"} <= {m.key for m in logged.metrics}
 
-    # the same weights score the same: at least as good, so v2 becomes champion ...
-    second = evaluate_flow("models:/mvg/2", store=str(phantom_store), max_cases=1, draws=2)
-    assert second["scores"] == pytest.approx(first["scores"])
-    assert second["promoted"] and str(registry.get_model_version_by_alias("mvg", "champion").version) == "2"
-    # ... unless the rule asks for more than the champion scored
+    # the same weights score the same; better than a (worse) champion does not help a candidate that
+    # loses to its baselines: the gate comes first
     registry.set_registered_model_alias("mvg", "champion", "1")
-    registry.set_model_version_tag("mvg", "1", "eval.phantom-segmentation.miou", "1.0")
-    third = evaluate_flow("models:/mvg/2", store=str(phantom_store), max_cases=1, draws=2)
-    assert not third["promoted"] and "phantom-segmentation" in third["reason"]
-    assert str(registry.get_model_version_by_alias("mvg", "champion").version) == "1"
+    registry.set_model_version_tag("mvg", "1", "eval.phantom-segmentation.miou", "0.0")
+    registry.set_model_version_tag("mvg", "1", "eval.phantom-synthesis.psnr", "0.0")
+    second = evaluate_flow("models:/mvg/2", store=str(phantom_store), max_cases=1, draws=2)
+    assert second["scores"] == pytest.approx(first["scores"]) and second["baselines"] == pytest.approx(first["baselines"])
+    assert not second["promoted"] and second["champion"] == "1" and "champion" not in second["reason"]
     assert registry.get_model_version("mvg", "2").tags["promotion"] == "rejected"
 
 
@@ -62,10 +74,22 @@ def test_promote_runs_alone_on_the_scores_recorded_on_the_versions(registry, pre
         registry.set_model_version_tag("mvg", version, "eval.acdc.miou", miou)
         registry.set_model_version_tag("mvg", version, "eval.brats.psnr", psnr)
         registry.set_model_version_tag("mvg", version, "eval.run_id", "not-a-score")
-    assert promote_flow("models:/mvg/1")["reason"] == "no champion yet"
+    # evaluated before baselines were recorded: refused, and told what to do
+    unknown = promote_flow("models:/mvg/1")
+    assert not unknown["promoted"] and unknown["reason"] == "no baseline scores recorded; re-run mvg evaluate"
+    assert registry.get_model_version("mvg", "1").tags["promotion.reason"] == unknown["reason"]
+
+    for version in ("1", "2"):
+        registry.set_model_version_tag("mvg", version, "baseline.acdc.miou", "0.5")
+        registry.set_model_version_tag("mvg", version, "baseline.brats.psnr", "15.0")
+    first = promote_flow("models:/mvg/1")
+    assert first["promoted"] and first["reason"].endswith("no champion yet")
+    assert "acdc miou 0.7 vs copy-prompt 0.5" in first["reason"] and "brats psnr 20 vs identity 15" in first["reason"]
+    tags = registry.get_model_version("mvg", "1").tags
+    assert tags["promotion"] == "champion" and tags["promotion.reason"] == first["reason"]
 
     every = promote_flow("models:/mvg/2")  # 0.01 dB worse on brats: `every` says no
-    assert not every["promoted"] and "brats psnr" in every["reason"] and every["champion"] == "1"
+    assert not every["promoted"] and "worse than the champion on brats psnr" in every["reason"] and every["champion"] == "1"
     assert registry.get_model_version("mvg", "2").tags["promotion"] == "rejected"
     mean = promote_flow("models:/mvg/2", rule="mean")  # +0.02 mIoU outweighs -0.01 dB on the mean
     assert mean["promoted"] and str(registry.get_model_version_by_alias("mvg", "champion").version) == "2"
@@ -78,9 +102,9 @@ def test_mvg_evaluate_prints_the_tables_and_the_decision(registry, phantom_store
     assert main(["evaluate", "--model", "models:/mvg/1", "--store", str(phantom_store), "--max-cases", "1"]) == 0
     out = capsys.readouterr().out
     assert "Segmentation, mIoU (paper Table 2)" in out and "| copy-prompt |" in out and "| identity |" in out
-    assert "version 1: promoted to @champion (no champion yet)" in out
+    assert "version 1: not promoted (does not beat its baseline on " in out and " vs copy-prompt " in out
     assert main(["promote", "--model", "models:/mvg/1"]) == 0
-    assert "already the champion" in capsys.readouterr().out
+    assert "version 1: not promoted (does not beat its baseline on " in capsys.readouterr().out
 
     assert main(["evaluate", "--model", "models:/mvg@nope", "--store", str(phantom_store)]) == 2
     assert "models:/mvg@nope does not resolve" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The pipeline flow end to end on tiny phantoms: every stage runs, the results table holds the model
-beside its baselines, the candidate becomes champion, a re-run reuses what is done, and `mvg demo
---fresh` starts over in a fresh process."""
+beside its baselines, the candidate becomes champion exactly when it beats them, a re-run reuses
+what is done, and `mvg demo --fresh` starts over in a fresh process."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_phantoms_written_recognises_only_a_complete_folder_with_the_same_settin
 @pytest.mark.timeout(900)
 def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, prefect_server, local_ray):
     from flows.pipeline import pipeline_flow
-    from mvg.tracking import client
+    from mvg.tracking import alias_version, client
 
     monkeypatch.setenv("MVG_HOME", str(tmp_path / "mvg-home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -54,14 +54,25 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, prefe
     table2, table3 = first["tables"]["table2"], first["tables"]["table3"]
     assert [row["method"] for row in table2] == ["model", "copy-prompt"] and "phantom-xray" in table2[0]
     assert [row["method"] for row in table3] == ["model", "identity"] and "phantom-denoising PSNR" in table3[0]
-    assert first["promotion"]["promoted"] and first["promotion"]["reason"] == "no champion yet"
-    registry = client(first["tracking_uri"])
-    assert str(registry.get_model_version_by_alias("mvg", "champion").version) == "1"
+    # promoted iff the model beats its baseline on every dataset (rule `every`), read from the tags
+    uri = first["tracking_uri"]
+    tags = client(uri).get_model_version("mvg", "1").tags
+    model = {key.removeprefix("eval."): float(value) for key, value in tags.items() if key.startswith("eval.") and key != "eval.run_id"}
+    baselines = {key.removeprefix("baseline."): float(value) for key, value in tags.items() if key.startswith("baseline.")}
+    assert model and set(model) == set(baselines)
+    beats = all(model[key] > baselines[key] for key in model)
+    assert first["promotion"]["promoted"] == beats, first["promotion"]["reason"]
+    assert tags["promotion"] == ("champion" if beats else "rejected") and tags["promotion.reason"] == first["promotion"]["reason"]
+    assert alias_version(uri, "mvg", "champion") == ("1" if beats else None)
+    assert (" vs copy-prompt " in first["promotion"]["reason"]) and (" vs identity " in first["promotion"]["reason"])
 
     again = pipeline_flow(**settings)
     assert all(counts["skipped"] == 3 and counts["ingested"] == 0 for counts in again["ingested"].values())
     assert again["training"]["model_reused"] and again["training"]["model_uri"] == first["training"]["model_uri"]
-    assert again["promotion"]["reason"] == "already the champion"
+    if beats:
+        assert again["promotion"]["reason"] == "already the champion"
+    else:  # the same weights on the same cases: refused again, by the baselines
+        assert not again["promotion"]["promoted"] and again["promotion"]["reason"].startswith("does not beat its baseline on")
 
 
     # `mvg demo --fresh` in a fresh process, as `make demo` runs it: no Prefect server configured, so

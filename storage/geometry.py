@@ -28,6 +28,9 @@ class Geometry:
     source_affine:   the file's own affine (nibabel convention), for writing back.
     source_shape:    the file's own spatial shape, in the file's axis order.
     source_axcodes:  the file's own orientation, e.g. ("L", "P", "S").
+    axcodes:         the orientation of the stored array's (x, y, z) axes: RAS, the closest canonical
+                     one, unless the file's acquisition plane was kept (`canonicalize`'s slice_axis),
+                     e.g. ("R", "S", "A") for an oblique cardiac short-axis stack.
     """
 
     affine: tuple[tuple[float, ...], ...]
@@ -36,6 +39,7 @@ class Geometry:
     source_affine: tuple[tuple[float, ...], ...]
     source_shape: tuple[int, ...]
     source_axcodes: tuple[str, str, str]
+    axcodes: tuple[str, str, str] = ("R", "A", "S")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +53,7 @@ class Geometry:
             source_affine=_as_tuple_matrix(data["source_affine"]),
             source_shape=tuple(int(s) for s in data["source_shape"]),
             source_axcodes=tuple(data["source_axcodes"]),
+            axcodes=tuple(data.get("axcodes", ("R", "A", "S"))),  # stores written before it existed: RAS
         )
 
 
@@ -56,15 +61,26 @@ def _as_tuple_matrix(matrix) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(v) for v in row) for row in np.asarray(matrix, dtype=float))
 
 
-def canonicalize(data_xyz: np.ndarray, affine: np.ndarray, spacing_known: bool = True):
+def canonicalize(data_xyz: np.ndarray, affine: np.ndarray, spacing_known: bool = True, slice_axis: int | None = None):
     """Reorient a nibabel-ordered `(x, y, z)` array to closest canonical RAS, return `(z, y, x)`.
 
     Only axis flips and permutations are applied (no resampling), so the mapping is exact and
-    invertible by `to_source`.
+    invertible by `to_source`. `slice_axis` (0, 1 or 2, a file axis) keeps that axis as the stored
+    z, so that the slices are the acquisition planes: an oblique stack (cardiac short axis) would
+    otherwise be cut along whichever in-plane axis lies nearest superior-inferior. The other two
+    axes become x and y in R, A, S order, every axis flipped to point the positive way.
     """
     affine = np.asarray(affine, dtype=float)
     source_ornt = orientations.io_orientation(affine)
-    transform = orientations.ornt_transform(source_ornt, orientations.axcodes2ornt(("R", "A", "S")))
+    axcodes = ("R", "A", "S")
+    if slice_axis is not None:
+        if not -3 <= slice_axis <= 2:
+            raise ValueError(f"slice_axis {slice_axis} is not an axis of a 3-D image")
+        world = [int(w) for w in source_ornt[:, 0]]  # the world axis (0 R, 1 A, 2 S) nearest each file axis
+        slices = world[slice_axis % 3]
+        in_plane = sorted(w for w in world if w != slices)
+        axcodes = tuple("RAS"[w] for w in (*in_plane, slices))
+    transform = orientations.ornt_transform(source_ornt, orientations.axcodes2ornt(axcodes))
     canonical = orientations.apply_orientation(data_xyz, transform)
     canonical_affine = affine @ orientations.inv_ornt_aff(transform, data_xyz.shape[:3])
     spacing_xyz = np.sqrt((canonical_affine[:3, :3] ** 2).sum(axis=0))
@@ -75,6 +91,7 @@ def canonicalize(data_xyz: np.ndarray, affine: np.ndarray, spacing_known: bool =
         source_affine=_as_tuple_matrix(affine),
         source_shape=tuple(int(s) for s in data_xyz.shape[:3]),
         source_axcodes=tuple(orientations.ornt2axcodes(source_ornt)),
+        axcodes=axcodes,
     )
     return np.ascontiguousarray(np.transpose(canonical, (2, 1, 0))), geometry
 
@@ -97,10 +114,18 @@ def to_source(data_zyx: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Inverse of `canonicalize`: a canonical `(z, y, x)` array back in the source's axis order."""
     data_xyz = np.transpose(data_zyx, (2, 1, 0))
     transform = orientations.ornt_transform(
-        orientations.axcodes2ornt(("R", "A", "S")),
+        orientations.axcodes2ornt(geometry.axcodes),
         orientations.axcodes2ornt(geometry.source_axcodes),
     )
     return np.ascontiguousarray(orientations.apply_orientation(data_xyz, transform))
+
+
+def stored_shape(geometry: Geometry) -> tuple[int, int, int]:
+    """The (z, y, x) shape `canonicalize` gave the source: its axis sizes in the stored order."""
+    world = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
+    length_of = {world[code]: int(length) for code, length in zip(geometry.source_axcodes, geometry.source_shape)}
+    x, y, z = (length_of[world[code]] for code in geometry.axcodes)
+    return z, y, x
 
 
 def to_nifti(data_zyx: np.ndarray, geometry: Geometry) -> nib.Nifti1Image:

@@ -66,20 +66,33 @@ def format_of(path: str | Path) -> str:
         ("hdf5", HDF5_SUFFIXES),
         ("mat", (".mat",)),
         ("numpy", (".npy", ".npz")),
-        ("dicom", (".dcm",)),
+        ("dicom", (".dcm", ".ima")),  # .IMA: Siemens' name for single DICOM images
     ):
         if name.endswith(suffixes):
             return fmt
     raise ReadError(path, "unknown image format (expected NIfTI, DICOM, MHA/NRRD, PNG/JPG/BMP, HDF5, .mat or .npy/.npz)")
 
 
-def read_scan(path: str | Path, key: str | None = None) -> Scan:
-    """Read any supported file; `key` names the HDF5 dataset, .mat variable or .npz entry."""
+def read_scan(path: str | Path, key: str | None = None, slice_axis: int | None = None) -> Scan:
+    """Read any supported file; `key` names the HDF5 dataset, .mat variable or .npz entry.
+
+    `slice_axis` says which axis of the file holds the slices:
+    - HDF5, .mat, .npy/.npz (bare arrays, no geometry): the axis of the stored array, default 0
+      (stored (D, H, W)); 2 or -1 for releases that store (H, W, D). It is moved first.
+    - NIfTI, DICOM, MHA/NRRD: a file axis in (x, y, z) order; by default none, and the slices are
+      the closest canonical (RAS) axial planes. Give 2 to keep the acquisition planes of an oblique
+      stack (cardiac short axis) as the slices (`geometry.canonicalize`).
+    - pictures are one slice and take none.
+    """
     path = Path(path)
     if not path.exists():
         raise ReadError(path, "file not found")
     if path.is_file() and path.stat().st_size == 0:
         raise ReadError(path, "file is empty (0 bytes)")
+    if slice_axis is not None and not -3 <= slice_axis <= 2:
+        raise ReadError(path, f"slice_axis {slice_axis} is not an axis of a 3-D image (0, 1, 2 or -1 .. -3)")
+    if slice_axis and format_of(path) == "picture":
+        raise ReadError(path, f"slice_axis {slice_axis}: a picture is one 2-D slice")
     reader = {
         "nifti": read_nifti,
         "dicom": read_dicom_series,
@@ -90,7 +103,11 @@ def read_scan(path: str | Path, key: str | None = None) -> Scan:
         "numpy": read_numpy,
     }[format_of(path)]
     try:
-        return reader(path, key) if reader in (read_hdf5, read_mat, read_numpy) else reader(path)
+        if reader in (read_hdf5, read_mat, read_numpy):
+            return reader(path, key, slice_axis or 0)
+        if reader is read_picture:
+            return reader(path)
+        return reader(path, slice_axis)
     except ReadError:
         raise
     except (EOFError, zlib.error, gzip.BadGzipFile, IsalError) as error:
@@ -101,7 +118,7 @@ def read_scan(path: str | Path, key: str | None = None) -> Scan:
         raise ReadError(path, f"cannot be read as {format_of(path)}: {type(error).__name__}: {error}") from error
 
 
-def read_nifti(path: Path) -> Scan:
+def read_nifti(path: Path, slice_axis: int | None = None) -> Scan:
     image = _load_nifti(path)
     data = np.asanyarray(image.dataobj)  # decodes here, so truncation surfaces inside read_scan
     if data.ndim == 2:
@@ -109,10 +126,10 @@ def read_nifti(path: Path) -> Scan:
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI stores time as axis 3; (x, y, z, 1, c)
         data = data[:, :, :, 0, :]
     if data.ndim == 3:
-        array, geometry = canonicalize(data, image.affine)
+        array, geometry = canonicalize(data, image.affine, slice_axis=slice_axis)
         return Scan(array, geometry, str(path))
     if data.ndim == 4:
-        channels = [canonicalize(data[..., c], image.affine) for c in range(data.shape[3])]
+        channels = [canonicalize(data[..., c], image.affine, slice_axis=slice_axis) for c in range(data.shape[3])]
         return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))
     raise ReadError(path, f"has {data.ndim} dimensions {data.shape}; expected 3-D or 4-D")
 
@@ -140,7 +157,7 @@ def _load_nifti(path: Path):
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def read_dicom_series(path: Path) -> Scan:
+def read_dicom_series(path: Path, slice_axis: int | None = None) -> Scan:
     """A folder of one DICOM series (or one .dcm file): slices sorted along the normal, rescaled to HU."""
     import pydicom
 
@@ -183,7 +200,7 @@ def read_dicom_series(path: Path) -> Scan:
     affine_lps[:3, 1] = col * pixel_row
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = positions[0]
-    array, geometry = canonicalize(volume, LPS_TO_RAS @ affine_lps)
+    array, geometry = canonicalize(volume, LPS_TO_RAS @ affine_lps, slice_axis=slice_axis)
     return Scan(array, geometry, str(path))
 
 
@@ -208,7 +225,7 @@ def _rescaled_pixels(dataset) -> np.ndarray:
     return pixels * slope + intercept
 
 
-def read_itk(path: Path) -> Scan:
+def read_itk(path: Path, slice_axis: int | None = None) -> Scan:
     """MHA / MHD / NRRD through SimpleITK; its LPS direction cosines become a RAS affine."""
     import SimpleITK as sitk
 
@@ -227,9 +244,9 @@ def read_itk(path: Path) -> Scan:
     affine_lps[:dimension, 3] = origin
     affine = LPS_TO_RAS @ affine_lps
     if data.ndim == 4:  # vector image: channels last in SimpleITK
-        channels = [canonicalize(np.transpose(data[..., c], (2, 1, 0)), affine) for c in range(data.shape[-1])]
+        channels = [canonicalize(np.transpose(data[..., c], (2, 1, 0)), affine, slice_axis=slice_axis) for c in range(data.shape[-1])]
         return Scan(np.stack([a for a, _ in channels]), channels[0][1], str(path))
-    array, geometry = canonicalize(np.transpose(data, (2, 1, 0)), affine)
+    array, geometry = canonicalize(np.transpose(data, (2, 1, 0)), affine, slice_axis=slice_axis)
     return Scan(array, geometry, str(path))
 
 
@@ -254,8 +271,13 @@ def read_picture(path: Path) -> Scan:
     return _planar_scan(data, path)
 
 
-def _planar_scan(data: np.ndarray, path: Path) -> Scan:
+def _planar_scan(data: np.ndarray, path: Path, slice_axis: int = 0) -> Scan:
     data = np.asarray(data)
+    if slice_axis:  # a 2-D array is one slice whatever the release's convention for volumes
+        if data.ndim == 3:
+            data = np.ascontiguousarray(np.moveaxis(data, slice_axis, 0))
+        elif data.ndim != 2:
+            raise ReadError(path, f"has shape {data.shape}; slice_axis {slice_axis} applies to 3-D arrays")
     if data.ndim == 2:
         data = data[None]
     if data.ndim not in (3, 4):
@@ -263,18 +285,19 @@ def _planar_scan(data: np.ndarray, path: Path) -> Scan:
     return Scan(np.ascontiguousarray(data), planar_geometry(data.shape[-3:]), str(path))
 
 
-def read_hdf5(path: Path, key: str | None) -> Scan:
-    """HDF5 dataset `key` (default `image`), taken as (z, y, x) or (y, x), as in SSL4MIS releases."""
+def read_hdf5(path: Path, key: str | None, slice_axis: int = 0) -> Scan:
+    """HDF5 dataset `key` (default `image`), taken as (z, y, x) or (y, x), as in SSL4MIS's ACDC;
+    `slice_axis` 2 for releases that store (y, x, z)."""
     import h5py
 
     key = key or "image"
     with h5py.File(path, "r") as file:
         if key not in file:
             raise ReadError(path, f"has no dataset '{key}' (has: {', '.join(sorted(file.keys()))})")
-        return _planar_scan(file[key][()], path)
+        return _planar_scan(file[key][()], path, slice_axis)
 
 
-def read_mat(path: Path, key: str | None) -> Scan:
+def read_mat(path: Path, key: str | None, slice_axis: int = 0) -> Scan:
     """MATLAB .mat (v5 through scipy, v7.3 through h5py): variable `key`, or the only array."""
     import scipy.io
 
@@ -285,18 +308,18 @@ def read_mat(path: Path, key: str | None) -> Scan:
 
         with h5py.File(path, "r") as file:
             variables = {k: np.asarray(file[k]).T for k in file.keys() if not k.startswith("#")}
-    return _planar_scan(_pick_variable(path, variables, key), path)
+    return _planar_scan(_pick_variable(path, variables, key), path, slice_axis)
 
 
-def read_numpy(path: Path, key: str | None) -> Scan:
+def read_numpy(path: Path, key: str | None, slice_axis: int = 0) -> Scan:
     with open(path, "rb") as file:
         signature = file.read(6)
     if not signature.startswith((b"\x93NUMPY", b"PK")):
         raise ReadError(path, "is not a NumPy .npy/.npz file (no NUMPY or zip signature)")
     if path.name.lower().endswith(".npz"):
         with np.load(path, allow_pickle=False) as archive:
-            return _planar_scan(_pick_variable(path, {k: archive[k] for k in archive.files}, key), path)
-    return _planar_scan(np.load(path, allow_pickle=False), path)
+            return _planar_scan(_pick_variable(path, {k: archive[k] for k in archive.files}, key), path, slice_axis)
+    return _planar_scan(np.load(path, allow_pickle=False), path, slice_axis)
 
 
 def _pick_variable(path: Path, variables: dict[str, np.ndarray], key: str | None) -> np.ndarray:

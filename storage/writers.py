@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from storage.geometry import Geometry, to_nifti, to_source
+from storage.geometry import Geometry, stored_shape, to_nifti, to_source
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PNG_SUFFIXES = (".png",)
@@ -149,12 +149,8 @@ def _plane_axis(path: str | Path, source_shape: tuple[int, ...]) -> int:
 
 
 def _canonical_shape(geometry: Geometry) -> tuple[int, int, int]:
-    """The (z, y, x) shape `canonicalize` gave the source: axis sizes reordered to R, A, S."""
-    axes = {"R": 0, "L": 0, "A": 1, "P": 1, "S": 2, "I": 2}
-    size = [0, 0, 0]
-    for code, length in zip(geometry.source_axcodes, geometry.source_shape):
-        size[axes[code]] = int(length)
-    return size[2], size[1], size[0]
+    """The (z, y, x) shape `canonicalize` gave the source."""
+    return stored_shape(geometry)
 
 
 def _suffix(path: Path) -> str:

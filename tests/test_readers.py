@@ -25,7 +25,7 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from storage.geometry import Geometry, canonicalize, to_nifti, to_source
+from storage.geometry import Geometry, canonicalize, stored_shape, to_nifti, to_source
 from storage.readers import ReadError, Scan, format_of, read_scan
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -253,6 +253,14 @@ def test_canonicalize_and_to_source_are_inverse_for_every_orientation():
             assert_canonical_ras(geometry)
             assert sorted(canonical.shape) == sorted(data.shape)
             np.testing.assert_array_equal(to_source(canonical, geometry), data)
+            for slice_axis in (0, 1, 2):  # the file axis kept as slices, whatever its direction
+                kept, kept_geometry = canonicalize(data, affine, slice_axis=slice_axis)
+                assert kept.shape[0] == data.shape[slice_axis]
+                assert stored_shape(kept_geometry) == kept.shape
+                np.testing.assert_array_equal(to_source(kept, kept_geometry), data)
+                for axis, code in enumerate(kept_geometry.axcodes):  # every stored axis points the positive way
+                    column = np.asarray(kept_geometry.affine)[:3, axis]
+                    assert code in "RAS" and column["RAS".index(code)] > 0 and np.argmax(np.abs(column)) == "RAS".index(code)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -647,6 +655,71 @@ def test_hdf5_missing_key_names_key_and_lists_available(tmp_path):
     assert str(path) in message
     assert "'mask'" in message
     assert "image" in message and "label" in message
+
+
+def test_hdf5_slice_axis_reads_h_w_d_volumes_the_right_way_up(tmp_path):
+    # a release that stores (H, W, D), as SSL4MIS's left-atrium volumes do: slice k is [:, :, k]
+    volume = np.random.default_rng(4).random((3, 8, 10)).astype(np.float32)  # (D, H, W)
+    stored = np.ascontiguousarray(np.transpose(volume, (1, 2, 0)))  # (H, W, D)
+    path = tmp_path / "hwd.h5"
+    with h5py.File(path, "w") as file:
+        file["image"] = stored
+        file["slice"] = volume[0]
+
+    sideways = read_scan(path)  # the default (D, H, W) reads it sideways: 8 slices of 10 x 3
+    assert sideways.array.shape == (8, 10, 3)
+    for axis in (2, -1):
+        scan = read_scan(path, slice_axis=axis)
+        np.testing.assert_array_equal(scan.array, volume)
+        assert scan.geometry.source_shape == (10, 8, 3) and not scan.geometry.spacing_known
+    np.testing.assert_array_equal(read_scan(path, key="slice", slice_axis=2).array, volume[:1])  # 2-D: one slice
+    with pytest.raises(ReadError, match="slice_axis 3 is not an axis"):
+        read_scan(path, slice_axis=3)
+
+
+def test_slice_axis_of_npy_and_mat_and_refused_for_pictures(tmp_path):
+    volume = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    np.save(tmp_path / "hwd.npy", np.transpose(volume, (1, 2, 0)))
+    scipy.io.savemat(str(tmp_path / "hwd.mat"), {"v": np.transpose(volume, (1, 2, 0))})
+    np.testing.assert_array_equal(read_scan(tmp_path / "hwd.npy", slice_axis=2).array, volume)
+    np.testing.assert_array_equal(read_scan(tmp_path / "hwd.mat", slice_axis=-1).array, volume)
+    Image.fromarray(np.zeros((4, 5), np.uint8)).save(tmp_path / "p.png")
+    with pytest.raises(ReadError, match="one 2-D slice"):
+        read_scan(tmp_path / "p.png", slice_axis=2)
+
+
+def test_nifti_slice_axis_keeps_the_acquisition_planes_of_an_oblique_stack(tmp_path):
+    # a cardiac short-axis stack: in-plane axes tilted so that the first lies nearest superior
+    rotation = np.array([[0.6, 0.0, 0.8], [0.0, 1.0, 0.0], [0.8, 0.0, -0.6]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.25, 1.25, 8.0])  # file axis 0 nearest S, the slice axis nearest R
+    affine[:3, 3] = (10.0, -20.0, 30.0)
+    data = np.random.default_rng(5).random((12, 10, 4)).astype(np.float32)  # 4 slices of 12 x 10
+    path = tmp_path / "sax.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), path)
+
+    closest = read_scan(path)
+    kept = read_scan(path, slice_axis=2)
+    assert closest.array.shape[0] == 12, "closest canonical cuts across the stack"
+    assert kept.array.shape == (4, 12, 10)  # in-plane: A (file axis 1) is x, S (file axis 0) is y
+    assert kept.geometry.axcodes == ("A", "S", "R")
+    assert kept.geometry.spacing == pytest.approx((8.0, 1.25, 1.25))
+    # exactly invertible, and the stored affine maps every voxel where the file's does
+    restored = to_nifti(kept.array, kept.geometry)
+    np.testing.assert_array_equal(np.asarray(restored.dataobj), data)
+    np.testing.assert_allclose(restored.affine, affine)
+    stored_affine = np.asarray(kept.geometry.affine)
+    for z, y, x in ((0, 0, 0), (3, 2, 5), (1, kept.array.shape[1] - 1, kept.array.shape[2] - 1)):
+        world = stored_affine @ (x, y, z, 1.0)
+        i, j, k, _ = np.rint(np.linalg.inv(affine) @ world).astype(int)
+        assert kept.array[z, y, x] == data[i, j, k]
+    assert Geometry.from_dict(kept.geometry.to_dict()) == kept.geometry
+    legacy = {k: v for k, v in closest.geometry.to_dict().items() if k != "axcodes"}  # a store from before
+    assert Geometry.from_dict(legacy).axcodes == ("R", "A", "S")
+
+
+def test_ima_files_are_dicom(tmp_path):
+    assert format_of(tmp_path / "L096_0039.IMA") == "dicom"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--target-channel", type=int, help="channel used as target (synthesis, denoising)")
     ingest.set_defaults(run=run_ingest)
 
+    real = commands.add_parser("real-store", help="ingest every public release found in a data folder (recipes: mvg datasets)")
+    real.add_argument("--data", type=Path, required=True, help="folder holding the releases (acdc/, jsrt/, ldct-mayo/ ...)")
+    real.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_HOME/real-store)")
+    real.add_argument("--size", type=int, default=128, help="in-plane store size")
+    real.add_argument("--workers", type=int, default=1, help="Dask worker processes (one case each)")
+    real.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
+    real.add_argument("--datasets", nargs="+", metavar="SPEC", help="only these recipes (default: every release found)")
+    real.set_defaults(run=run_real_store)
+
     store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
     store.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     store.add_argument("--json", action="store_true")
@@ -136,16 +145,18 @@ def _phantom_tasks() -> tuple[str, ...]:
 
 
 def run_datasets(args) -> int:
+    from storage.recipes import RECIPES
     from storage.specs import BUILTIN_SPECS
 
     if args.json:
         print(json.dumps({name: spec.to_dict() for name, spec in BUILTIN_SPECS.items()}, indent=1))
         return 0
     rows = [
-        (s.name, s.region, s.modality, s.task, s.layout, str(len(s.classes)), s.normalisation, _cases(s.paper_cases))
+        (s.name, s.region, s.modality, s.task, s.layout, str(len(s.classes)), s.normalisation, _cases(s.paper_cases),
+         f"{RECIPES[s.name].folder}/" if s.name in RECIPES else "-")
         for s in BUILTIN_SPECS.values()
     ]
-    print_table(("name", "region", "modality", "task", "layout", "classes", "norm", "paper train/test"), rows)
+    print_table(("name", "region", "modality", "task", "layout", "classes", "norm", "paper train/test", "release folder"), rows)
     return 0
 
 
@@ -182,6 +193,27 @@ def run_ingest(args) -> int:
     print_table(("case", "split", "slices", "classes", "status", "reason"), [tuple(map(str, r.values())) for r in summary["rows"]])
     print(f"{summary['dataset']}: {summary['ingested']} ingested, {summary['skipped']} unchanged, {summary['failed']} failed -> {summary['directory']}")
     return 1 if summary["failed"] else 0
+
+
+def run_real_store(args) -> int:
+    from storage.recipes import build_real_store
+    from storage.store import ZarrStore
+
+    store = args.store or str(mvg_home() / "real-store")
+    try:
+        built = build_real_store(
+            args.data, store, size=args.size, workers=args.workers, address=args.dask_address, datasets=args.datasets
+        )
+    except RuntimeError as error:  # failed cases, listed; the other datasets are in the store
+        print(f"mvg real-store: {error}", file=sys.stderr)
+        return 1
+    rows = []
+    for name, task in built.items():
+        dataset = ZarrStore(store).dataset(name)
+        rows.append((name, task, str(len(dataset.cases("train"))), str(len(dataset.cases("test")))))
+    print_table(("dataset", "task", "train", "test"), rows)
+    print(f"{len(built)} dataset(s) in {store}")
+    return 0
 
 
 def parse_overrides(assignments: list[str], max_steps: int | None = None) -> dict[str, dict]:

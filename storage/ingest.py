@@ -21,7 +21,8 @@ import numpy as np
 
 from storage import preprocess
 from storage.catalog import CaseRecord
-from storage.layouts import CaseSource, DatasetPlan, SourceFile
+from storage.geometry import planar_geometry
+from storage.layouts import FLIP_AXES, CaseSource, DatasetPlan, SourceFile
 from storage.location import Location
 from storage.readers import ReadError, Scan, read_scan
 from storage.specs import DatasetSpec
@@ -67,9 +68,12 @@ class CaseResult:
 # --------------------------------------------------------------------------------- one case
 
 
-def source_checksum(files: list[str]) -> str:
-    """BLAKE2b of the source files' bytes (a DICOM folder: all its files, by name)."""
+def source_checksum(files: list[str], reading: str = "") -> str:
+    """BLAKE2b of the source files' bytes (a DICOM folder: all its files, by name), and of the read
+    options (`CaseSource.reading`: slice axis, flips) that change what those bytes become."""
     digest = hashlib.blake2b(digest_size=16)
+    if reading:
+        digest.update(reading.encode())
     for name in files:
         path = Path(name)
         members = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -100,6 +104,8 @@ def recipe(spec: DatasetSpec, options: IngestOptions) -> dict:
         "rescale": list(spec.rescale) if spec.rescale else None,
         "classes": {str(k): v for k, v in sorted(spec.classes.items())},
         "codec": vars(options.codec),
+        # only when set, so that the stores written before label maps existed stay unchanged
+        **({"label_map": {str(k): v for k, v in sorted(spec.label_map.items())}} if spec.label_map else {}),
     }
 
 
@@ -113,7 +119,7 @@ def ingest_case(
     started = time.perf_counter()
     directory = Location.of(directory)
     try:
-        checksum, made_by = source_checksum(source.files()), recipe(spec, options)
+        checksum, made_by = source_checksum(source.files(), source.reading()), recipe(spec, options)
         existing = published_record(directory, source.case)
         if existing is not None and (existing.checksum, existing.recipe, existing.split) == (checksum, made_by, source.split):
             return CaseResult(source.case, "skipped", "unchanged since last ingest", existing, time.perf_counter() - started)
@@ -130,7 +136,7 @@ def prepare_case(
 ) -> tuple[dict[str, np.ndarray], CaseRecord, int]:
     """Read, validate and preprocess one case into the arrays the store keeps."""
     channels = _read_channels(source, spec)
-    decoded = sum(scan.array.nbytes for scan in channels)
+    decoded = sum(scan.array.nbytes for scan in channels if scan is not None)
     image_scan = _channel(channels, spec.input_channel, source)
     _require_finite(image_scan)
     target_scan = None
@@ -191,10 +197,37 @@ def _store_image(scale: preprocess.IntensityScale, image: np.ndarray, size: int)
     return preprocess.resize_slices(scale.apply(image), size).astype(np.float16)
 
 
-def _read_channels(source: CaseSource, spec: DatasetSpec) -> list[Scan]:
-    scans = []
-    for file in source.channels:
-        scan = read_scan(file.path, file.key)
+def read_source(file: SourceFile) -> Scan:
+    """One source of a case as a Scan: a file, or a stack of files along z, read with its options
+    (key, slice axis) and flipped where the release is known to store it flipped."""
+    parts = [read_scan(path, file.key, file.slice_axis) for path in file.paths()]
+    scan = parts[0]
+    if len(parts) > 1:
+        for part in parts:
+            if part.geometry.spacing_known:
+                raise CaseError(part.path, "has its own geometry: only files without one (HDF5, PNG, .npy ...) are stacked")
+            if part.array.ndim != 3 or part.array.shape[1:] != scan.array.shape[1:]:
+                raise CaseError(part.path, f"shape {part.array.shape} cannot be stacked on {scan.path}'s {scan.array.shape}")
+        array = np.concatenate([part.array for part in parts])
+        scan = Scan(array, planar_geometry(array.shape), scan.path)
+    if file.flip:
+        if scan.geometry.spacing_known:
+            raise CaseError(scan.path, "has a geometry: flipping its array would contradict it")
+        axes = tuple(FLIP_AXES.index(axis) + scan.array.ndim - 3 for axis in file.flip)
+        scan = Scan(np.ascontiguousarray(np.flip(scan.array, axes)), scan.geometry, scan.path)
+    return scan
+
+
+def _read_channels(source: CaseSource, spec: DatasetSpec) -> list[Scan | None]:
+    """The case's channels; with one file per channel only the input and target files are decoded
+    (None stands for the others: BraTS' four contrasts for a two-channel synthesis pair)."""
+    needed = {spec.input_channel, spec.target_channel}
+    scans: list[Scan | None] = []
+    for index, file in enumerate(source.channels):
+        if len(source.channels) > 1 and index not in needed:
+            scans.append(None)
+            continue
+        scan = read_source(file)
         if scan.array.ndim == 4:
             if spec.layout == "msd" and len(source.channels) == 1:
                 scans.extend(scan.channel(c) for c in range(scan.channels))  # MSD keeps channels in one 4-D file
@@ -205,11 +238,14 @@ def _read_channels(source: CaseSource, spec: DatasetSpec) -> list[Scan]:
         scans.append(scan)
     if spec.rescale is not None:
         slope, intercept = spec.rescale
-        scans = [Scan(s.array.astype(np.float32) * np.float32(slope) + np.float32(intercept), s.geometry, s.path) for s in scans]
+        scans = [
+            s if s is None else Scan(s.array.astype(np.float32) * np.float32(slope) + np.float32(intercept), s.geometry, s.path)
+            for s in scans
+        ]
     return scans
 
 
-def _channel(channels: list[Scan], index: int, source: CaseSource) -> Scan:
+def _channel(channels: list[Scan | None], index: int, source: CaseSource) -> Scan:
     if index >= len(channels):
         raise CaseError(source.channels[0].path, f"case {source.case} has {len(channels)} channel(s); the spec needs channel {index}")
     return channels[index]
@@ -241,6 +277,8 @@ def _read_labels(source: CaseSource, image: Scan, spec: DatasetSpec) -> np.ndarr
     scan = _label_scan(source.label, image)
     try:
         labels = preprocess.integer_labels(scan.array)
+        if spec.label_map:
+            labels = preprocess.map_labels(labels, spec.label_map)
     except ValueError as error:
         raise CaseError(scan.path, str(error)) from None
     if spec.label_role == "mask":
@@ -257,7 +295,7 @@ def _require_declared(slice_classes: list[list[int]], source: CaseSource, declar
 
 
 def _label_scan(file: SourceFile, image: Scan) -> Scan:
-    scan = read_scan(file.path, file.key)
+    scan = read_source(file)
     if scan.array.ndim == 4:
         raise CaseError(file.path, f"is 4-D {scan.array.shape} where a 3-D label map is expected")
     _require_same_grid(image, scan)

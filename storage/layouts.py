@@ -28,11 +28,48 @@ class LayoutError(ValueError):
     """The dataset folder as a whole cannot be understood (not one case of it)."""
 
 
+FLIP_AXES = ("z", "y", "x")
+
+
 @dataclass(frozen=True)
 class SourceFile:
+    """One image or label of a case, and how to read it.
+
+    slice_axis: which axis of the file holds the slices (`storage.readers.read_scan`): of an HDF5 /
+    .mat / .npy array, default 0 ((D, H, W), the SSL4MIS ACDC volumes), 2 for (H, W, D) releases;
+    of a NIfTI / DICOM / MHA file, an (x, y, z) file axis kept as slices (2: the acquisition planes
+    of an oblique stack), default None: closest canonical axial planes.
+    stack: files (2-D slices, or thicker) stacked along z in this order into one volume; `path` is
+    then the first of them. ACDC's training slices come as one file per slice.
+    flip: axes ("z", "y", "x") of the read array to reverse, for files without geometry whose
+    release is known to store them flipped (AMOS slices of SAM-Med2D's demo: table at the top).
+    """
+
     path: str
     key: str | None = None  # HDF5 dataset, .mat variable or .npz entry
     channel: int | None = None  # channel of a multi-channel (4-D) file
+    slice_axis: int | None = None
+    stack: tuple[str, ...] = ()
+    flip: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.slice_axis is not None and not -3 <= self.slice_axis <= 2:
+            raise ValueError(f"slice_axis {self.slice_axis} is not an axis of a 3-D array (0, 1, 2, or -1 .. -3)")
+        unknown = sorted(set(self.flip) - set(FLIP_AXES))
+        if unknown:
+            raise ValueError(f"flip axes {unknown} are not among {', '.join(FLIP_AXES)}")
+        if self.stack and self.path != self.stack[0]:
+            raise ValueError(f"a stacked source's path is its first file ({self.stack[0]}), not {self.path}")
+
+    def paths(self) -> tuple[str, ...]:
+        return self.stack or (self.path,)
+
+    def reading(self) -> str:
+        """The read options that change what a file's bytes become ("" when all are defaults):
+        part of a case's checksum, so that a changed option re-ingests the case."""
+        options = {"slice_axis": self.slice_axis} if self.slice_axis is not None else {}
+        options.update({"flip": "".join(self.flip)} if self.flip else {})
+        return ",".join(f"{k}={v}" for k, v in options.items())
 
 
 @dataclass(frozen=True)
@@ -46,11 +83,16 @@ class CaseSource:
     label: SourceFile | None = None
     label_parts: tuple[tuple[int, SourceFile], ...] = ()  # (class value, binary mask file)
 
+    def sources(self) -> list[SourceFile]:
+        return [*self.channels, *([self.label] if self.label else []), *(f for _, f in self.label_parts)]
+
     def files(self) -> list[str]:
-        paths = [f.path for f in self.channels]
-        paths += [self.label.path] if self.label else []
-        paths += [f.path for _, f in self.label_parts]
-        return list(dict.fromkeys(paths))
+        return list(dict.fromkeys(path for f in self.sources() for path in f.paths()))
+
+    def reading(self) -> str:
+        """Non-default read options of its files, in file order ("" when none)."""
+        options = [f"{f.path}:{f.reading()}" for f in self.sources() if f.reading()]
+        return ";".join(options)
 
     @property
     def has_label(self) -> bool:
@@ -94,11 +136,15 @@ def plan_dataset(source: str | Path, spec: DatasetSpec | str | None = None) -> D
         if "training" in description:
             return plan_msd(source, description, spec)
         return plan_nnunet(source, description, spec)
+    from storage.recipes import RECIPES, recipe_hint  # recipes plan with this module's layouts
+
+    if spec is not None and spec.name in RECIPES:  # the public release, as published
+        return RECIPES[spec.name].plan(source, spec)
     if (source / "imagesTr").is_dir():
         return plan_nnunet(source, {}, spec)
     raise LayoutError(
         f"{source}: not a dataset folder: expected dataset.json (nnU-Net v2 or MSD), imagesTr/, "
-        "or a manifest.json / manifest.csv"
+        f"or a manifest.json / manifest.csv{recipe_hint(source)}"
     )
 
 
@@ -277,7 +323,9 @@ def plan_msd(root: Path, description: dict, spec: DatasetSpec | None) -> Dataset
 
 # --------------------------------------------------------------------------------- manifest
 
-MANIFEST_COLUMNS = ("case", "image", "target", "split", "mask", "image_key", "target_key", "mask_key", "root")
+MANIFEST_COLUMNS = (
+    "case", "image", "target", "split", "mask", "image_key", "target_key", "mask_key", "root", "slice_axis",
+)
 
 
 def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
@@ -289,7 +337,10 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
     elsewhere can describe a read-only data folder; relative roots start at the manifest's folder.
     `target` may also be `{class name: binary mask file, or a list of them}` (a list when one class
     comes as several instance masks), merged into one label map by `classes`; where masks overlap,
-    the higher class value wins.
+    the higher class value wins. In a JSON manifest, `image` and `target` may be lists of files
+    (2-D slices) stacked along z in the order given. `slice_axis` says which axis of the row's files
+    holds the slices: 2 for HDF5 / .npy volumes stored (H, W, D) (default 0), or 2 for a NIfTI whose
+    acquisition planes should stay the slices (default: closest canonical axial planes).
     """
     header: dict = {}
     if path.suffix.lower() == ".csv":
@@ -329,6 +380,8 @@ def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> Datase
     spec_fields = {k: v for k, v in header.items() if k in DatasetSpec.__dataclass_fields__}
     if "classes" in spec_fields:
         spec_fields["classes"] = {int(k): v for k, v in spec_fields["classes"].items()}
+    if "label_map" in spec_fields:
+        spec_fields["label_map"] = {int(k): int(v) for k, v in spec_fields["label_map"].items()}
     if spec_fields.get("rescale") is not None:
         spec_fields["rescale"] = tuple(spec_fields["rescale"])
     if spec is None and "spec" in header:
@@ -353,10 +406,32 @@ def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> Datase
     return spec
 
 
+def _slice_axis(row: dict) -> int | None:
+    value = row.get("slice_axis")
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not str(value).strip().lstrip("-").isdigit():
+        raise ValueError(f"slice_axis {value!r} is not an integer axis (0, 1, 2 or -1)")
+    return int(value)
+
+
+def _manifest_file(root: Path, value, key: str | None, slice_axis: int | None) -> SourceFile:
+    """A row's file: a path, or a list of paths stacked along z."""
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"a list of files to stack must hold file names, not {value!r}")
+        stack = tuple(str(inside(root, v)) for v in value)
+        return SourceFile(stack[0], key, slice_axis=slice_axis, stack=stack)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a file name")
+    return SourceFile(str(inside(root, value)), key, slice_axis=slice_axis)
+
+
 def _manifest_case(root: Path, case: str, row: dict, spec: DatasetSpec, class_values: dict[str, int]) -> CaseSource:
     if not row.get("image"):
         raise ValueError("has no image")
-    image = SourceFile(str(inside(root, row["image"])), row.get("image_key") or None)
+    axis = _slice_axis(row)
+    image = _manifest_file(root, row["image"], row.get("image_key") or None, axis)
     target = row.get("target")
     split = str(row.get("split") or "train").lower()
     if split not in ("train", "test", "val"):
@@ -364,8 +439,8 @@ def _manifest_case(root: Path, case: str, row: dict, spec: DatasetSpec, class_va
     if spec.target_channel is not None:  # image-to-image: the target is the second channel
         if not target:
             raise ValueError(f"a {spec.task} row needs a target image")
-        channels = (image, SourceFile(str(inside(root, target)), row.get("target_key") or None))
-        mask = SourceFile(str(inside(root, row["mask"])), row.get("mask_key") or None) if row.get("mask") else None
+        channels = (image, _manifest_file(root, target, row.get("target_key") or None, axis))
+        mask = _manifest_file(root, row["mask"], row.get("mask_key") or None, axis) if row.get("mask") else None
         if spec.label_role == "mask" and mask is None:
             raise ValueError("an inpainting row needs a mask")
         return CaseSource(case, split, channels, mask)
@@ -375,10 +450,10 @@ def _manifest_case(root: Path, case: str, row: dict, spec: DatasetSpec, class_va
             if name not in class_values:
                 raise ValueError(f"class {name!r} is not among the manifest's classes ({', '.join(class_values)})")
             for mask_path in [mask_paths] if isinstance(mask_paths, str) else mask_paths:
-                parts.append((class_values[name], SourceFile(str(inside(root, mask_path)))))
+                parts.append((class_values[name], _manifest_file(root, mask_path, None, axis)))
         # Merged in class order, so a nested structure given a higher value (grey matter inside the
         # cord) survives whatever its name; name order would let "spinal cord" paint over "grey matter".
         parts.sort(key=lambda part: part[0])
         return CaseSource(case, split, (image,), None, tuple(parts))
-    label = SourceFile(str(inside(root, target)), row.get("target_key") or None) if target else None
+    label = _manifest_file(root, target, row.get("target_key") or None, axis) if target else None
     return CaseSource(case, split, (image,), label)

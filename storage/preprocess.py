@@ -87,6 +87,20 @@ def integer_labels(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype)
 
 
+def map_labels(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
+    """A release's label values -> the stored classes (MS-CMRSeg's 200/500/600 -> 1/2/3); 0 stays 0
+    and any other value is refused, naming it, rather than silently dropped."""
+    present = np.unique(labels)
+    unknown = sorted(int(v) for v in present if v != 0 and int(v) not in mapping)
+    if unknown:
+        raise ValueError(f"label values {unknown} are not in the spec's label map {dict(sorted(mapping.items()))}")
+    table = np.zeros(int(present.max(initial=0)) + 1, dtype=np.uint8 if max(mapping.values(), default=0) < 256 else np.uint16)
+    for value, target in mapping.items():
+        if value < len(table):
+            table[value] = target
+    return table[labels]
+
+
 def merge_binary_masks(masks: list[tuple[int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
     """Binary per-class masks -> one label map; where masks overlap the later class wins."""
     merged = np.zeros(shape, dtype=np.uint8 if max((v for v, _ in masks), default=0) < 256 else np.uint16)

@@ -3,8 +3,9 @@
 A spec names the region, modality, task, classes and intensity normalisation of a dataset and how
 its files are laid out; a user points one at their own download (`mvg ingest DIR --spec acdc`).
 The 13 datasets are those of Table 1 of the MVG paper; MSD Liver, Spleen and Lung are its
-out-of-distribution and few-shot sets. Datasets without a built-in spec are described by the
-`mvg` block of their `dataset.json` or by a manifest (see `storage.layouts`).
+out-of-distribution and few-shot sets. The specs at the end describe public releases that
+`storage.recipes` reads exactly as published (layout "release"). Datasets without a built-in spec
+are described by the `mvg` block of their `dataset.json` or by a manifest (see `storage.layouts`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 TASKS = ("segmentation", "synthesis", "inpainting", "denoising", "detection")
-LAYOUTS = ("nnunet", "msd", "manifest")
+# release: the public download exactly as published, read by the spec's recipe (storage.recipes)
+LAYOUTS = ("nnunet", "msd", "manifest", "release")
 NORMALISATIONS = ("ct", "percentile")
 
 # What the label file of a case is, by task: the target to paint, the region to fill, or nothing.
@@ -32,6 +34,9 @@ class DatasetSpec:
     input_channel / target_channel: which channel of a multi-channel case is the input, and which is
     the target for image-to-image tasks (synthesis t1n -> t2w, low-dose -> full-dose, voided -> full).
     When target_channel is None the target comes from the label file.
+    label_map: the label file's values -> the stored class values, for releases whose label maps use
+    other values than the classes (MS-CMRSeg's 200/500/600, JSRT's 150/200/250); a value neither
+    0 nor in the map fails the case. Empty: the file's values are the classes.
     """
 
     name: str
@@ -49,6 +54,7 @@ class DatasetSpec:
     paper_cases: tuple[int, int] | None = None  # (#training, #testing) in the paper's Table 1
     citation: str = ""
     expected: str = ""  # what a download must look like, in a sentence
+    label_map: dict[int, int] = field(default_factory=dict)  # label file value -> class value
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -59,6 +65,9 @@ class DatasetSpec:
             raise ValueError(f"spec {self.name}: normalisation {self.normalisation!r} is not one of {NORMALISATIONS}")
         if self.task in ("synthesis", "denoising", "inpainting") and self.target_channel is None:
             raise ValueError(f"spec {self.name}: a {self.task} dataset needs a target_channel")
+        undeclared = sorted(set(self.label_map.values()) - set(self.classes) - {0})
+        if undeclared:
+            raise ValueError(f"spec {self.name}: label_map gives class(es) {undeclared} that are not among its classes")
 
     @property
     def label_role(self) -> str:
@@ -70,12 +79,14 @@ class DatasetSpec:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["classes"] = {str(k): v for k, v in self.classes.items()}
+        data["label_map"] = {str(k): v for k, v in self.label_map.items()}
         return data
 
     @classmethod
     def from_dict(cls, data: dict) -> DatasetSpec:
         data = dict(data)
         data["classes"] = {int(k): v for k, v in data.get("classes", {}).items()}
+        data["label_map"] = {int(k): int(v) for k, v in data.get("label_map", {}).items()}
         for key in ("paper_cases", "rescale"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
@@ -96,6 +107,22 @@ BTCV_CLASSES = {
     1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus", 6: "liver",
     7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "portal and splenic vein", 11: "pancreas",
     12: "right adrenal gland", 13: "left adrenal gland",
+}
+
+# The organs of SAM-Med2D's demo slices (AMOS and TotalSegmentator masks), in name order; a mask
+# file's organ token with spaces for underscores.
+CT_SLICE_CLASSES = {
+    value: name
+    for value, name in enumerate(
+        (
+            "aorta", "autochthon left", "autochthon right", "colon", "femur right", "gluteus maximus left",
+            "gluteus maximus right", "heart atrium left", "heart atrium right", "heart myocardium",
+            "heart ventricle left", "heart ventricle right", "hip left", "hip right", "inferior vena cava", "liver",
+            "lung lower lobe left", "lung lower lobe right", "lung middle lobe right", "lung upper lobe left",
+            "rib left 9", "rib right 9", "spleen", "vertebrae T9",
+        ),
+        start=1,
+    )
 }
 
 BUILTIN_SPECS: dict[str, DatasetSpec] = {
@@ -137,16 +164,19 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
             expected="nnU-Net v2 raw folder with channels t1n, t1c, t2w, t2f (_0000.._0003); t1n -> t2w by default",
         ),
         DatasetSpec(
-            "brats-local", "BraTS-Local inpainting", "Brain", "MRI", "inpainting", "nnunet", {}, "percentile",
+            "brats-local", "BraTS-Local inpainting", "Brain", "MRI", "inpainting", "release", {}, "percentile",
             input_channel=0, target_channel=1, paper_cases=(1000, 251), citation="Kazerooni et al., 2023",
-            expected="nnU-Net v2 raw folder: _0000 voided t1n, _0001 full t1n, labelsTr the inpainting mask",
+            expected="the BraTS-Local release: <case>-t1n-voided.nii.gz, <case>-mask.nii.gz and <case>-t1n.nii.gz, "
+            "in one folder per case or all in one; or an nnU-Net v2 raw folder: _0000 voided t1n, _0001 full t1n, "
+            "labelsTr the inpainting mask",
         ),
         DatasetSpec(
-            "ldct", "Low-dose CT (Mayo)", "Chest", "CT", "denoising", "manifest", {}, "ct",
+            "ldct", "Low-dose CT (Mayo)", "Chest", "CT", "denoising", "release", {}, "ct",
             input_channel=0, target_channel=1, paper_cases=(200, 59), citation="McCollough et al., 2021",
             # the AAPM challenge .mat files hold linear attenuation: HU = (mu - 0.0192) / 0.0192 * 1000
             rescale=(1000 / 0.0192, -1000.0),
-            expected="manifest rows: image = quarter-dose file, target = routine-dose file (.mat/.npy/DICOM/NIfTI)",
+            expected="a folder of AAPM challenge .mat slices (eunh/low_dose_CT) with variables quarter_dose and "
+            "routine_dose in linear attenuation; or manifest rows: image = quarter-dose file, target = routine-dose file",
         ),
         DatasetSpec(
             "chest-defect", "Chest X-ray defect", "Chest", "X-ray", "segmentation", "manifest", {1: "lungs"},
@@ -154,15 +184,18 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
             expected="manifest rows of PNG/JPG radiographs and their masks",
         ),
         DatasetSpec(
-            "acdc", "ACDC", "Chest", "MRI", "segmentation", "manifest",
+            "acdc", "ACDC", "Chest", "MRI", "segmentation", "release",
             {1: "right ventricle", 2: "myocardium", 3: "left ventricle"}, "percentile",
             paper_cases=(100, 50), citation="Bernard et al., 2018",
-            expected="manifest of HDF5 volumes (keys image/label, SSL4MIS release) or an nnU-Net raw folder",
+            expected="the SSL4MIS ACDC release: slices/patientNNN_frameNN_slice_K.h5 (2-D training slices, stacked "
+            "by K into one volume per patient and frame) and volumes/patientNNN_frameNN.h5, HDF5 keys image/label; "
+            "or a manifest, or an nnU-Net raw folder",
         ),
         DatasetSpec(
             "la", "Left atrium (LA)", "Chest", "MRI", "segmentation", "manifest", {1: "left atrium"}, "percentile",
             paper_cases=(81, 20), citation="Chen et al., 2019",
-            expected="manifest of HDF5 volumes (keys image/label, SSL4MIS release of the 2018 LA challenge)",
+            expected="manifest of HDF5 volumes (keys image/label, SSL4MIS release of the 2018 LA challenge; "
+            "its volumes are (H, W, D): give the rows slice_axis 2)",
         ),
         DatasetSpec(
             "deeplesion", "DeepLesion", "Whole body", "CT", "detection", "manifest", {1: "lesion box"}, "ct",
@@ -180,6 +213,63 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "msd-lung", "MSD Task06 Lung", "Chest", "CT", "segmentation", "msd", {1: "lung cancer"}, "ct",
             citation="Antonelli et al., 2022", expected="Task06_Lung folder: dataset.json, imagesTr/, labelsTr/",
+        ),
+        # Public releases read as published by their recipes (storage.recipes): the real data the
+        # tests and the real-data benchmark use; users download the same releases.
+        DatasetSpec(
+            "cmr-mscmrseg", "MS-CMRSeg bSSFP cine", "Chest", "MRI", "segmentation", "release",
+            {1: "left ventricle myocardium", 2: "left ventricle blood pool", 3: "right ventricle blood pool"},
+            "percentile", label_map={200: 1, 500: 2, 600: 3}, citation="Zhuang, 2019",
+            expected="MS-CMRSeg 2019 bSSFP as pre-processed by Ouyang et al. (Q-Net): image_N.nii.gz and "
+            "label_N.nii.gz, label values 200 LV myocardium, 500 LV blood pool, 600 RV blood pool (stored as 1, 2, 3)",
+        ),
+        DatasetSpec(
+            "jsrt", "JSRT lungs and heart", "Chest", "X-ray", "segmentation", "release",
+            {1: "right lung", 2: "left lung", 3: "heart"}, "percentile", label_map={150: 1, 200: 2, 250: 3},
+            citation="Shiraishi et al., 2000",
+            expected="images/JPC*.png with masks/ of the same names, mask values 150 right lung, 200 left lung, "
+            "250 heart (stored as 1, 2, 3)",
+        ),
+        DatasetSpec(
+            "cxr", "Chest X-ray lungs (JSRT / Montgomery)", "Chest", "X-ray", "segmentation", "release",
+            {1: "lungs"}, "percentile", citation="Jaeger et al., 2014; Shiraishi et al., 2000",
+            expected="N.jpg radiographs with N-mask.png lung masks {0, 255} (imlab-uiip lung-segmentation-2d)",
+        ),
+        DatasetSpec(
+            "ct-slices", "CT slices with organ masks (SAM-Med2D demo)", "Whole body", "CT", "segmentation", "release",
+            CT_SLICE_CLASSES, "percentile", citation="Cheng et al., 2023 (SAM-Med2D); Ji et al., 2022; Wasserthal et al., 2023",
+            expected="SAM-Med2D data_demo: images/*.png (8-bit, already windowed), masks/<image>_<organ>_<NNN>.png "
+            "{0, 255}, image2label_train.json (and label2image_test.json) naming each image's masks",
+        ),
+        DatasetSpec(
+            "ldct-mayo", "Low-dose CT (Mayo 2016, DICOM)", "Abdomen", "CT", "denoising", "release", {}, "ct",
+            input_channel=0, target_channel=1, citation="McCollough et al., 2017",
+            expected="<patient>/quarter/*.IMA and <patient>/full/*.IMA DICOM slices, one file name for the two doses "
+            "of a slice (2016 Mayo / AAPM low-dose CT challenge)",
+        ),
+        DatasetSpec(
+            "brats2013", "BraTS 2013 FLAIR -> T1c", "Brain", "MRI", "synthesis", "release", {}, "percentile",
+            input_channel=0, target_channel=1, citation="Menze et al., 2015",
+            expected="DeepMedic's example data: {train,validation,test}/<case>/Flair_subtrMeanDivStd.nii.gz and "
+            "T1c_subtrMeanDivStd.nii.gz",
+        ),
+        DatasetSpec(
+            "brats-synthesis", "BraTS-GLI 2023 FLAIR -> T1c", "Brain", "MRI", "synthesis", "release", {}, "percentile",
+            input_channel=3, target_channel=1, citation="Kazerooni et al., 2023",
+            expected="BraTS 2023 cases as t1n, t1c, t2w, t2f NIfTI files: <case>-<contrast>.nii.gz (a folder per case "
+            "or all in one) or bare <contrast>.nii.gz for one case; channels t1n, t1c, t2w, t2f: t2f (FLAIR) -> t1c",
+        ),
+        DatasetSpec(
+            "brats-edema", "BraTS 2021 edema (FLAIR)", "Brain", "MRI", "segmentation", "release", {1: "edema"},
+            "percentile", citation="Baid et al., 2021",
+            expected="imagesTr/<case>.nii.gz (FLAIR) and labelsTr/<case>.nii.gz (0/1 edema), no dataset.json "
+            "(SAM-Med3D's examples)",
+        ),
+        DatasetSpec(
+            "sct", "Spinal cord (SCT test data)", "Spine", "MRI", "segmentation", "release",
+            {1: "spinal cord", 2: "grey matter"}, "percentile", citation="De Leener et al., 2017",
+            expected="sct_testing_data: t1/t1w.nii.gz + t1w_seg-manual, t2/t2.nii.gz + t2_seg-manual, t2s/t2s.nii.gz + "
+            "t2s_seg and t2s_gmseg_manual, mt/mt1.nii.gz + mt1_seg and mt1_gmseg_goldstandard",
         ),
     )
 }

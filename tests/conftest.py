@@ -43,7 +43,8 @@ def prefect_server():
 def dask_cluster():
     from storage.ingest import dask_client
 
-    with dask_client(workers=2) as client:
+    # MVG_TEST_DASK_WORKERS=1 leaves a core free on a shared machine
+    with dask_client(workers=int(os.environ.get("MVG_TEST_DASK_WORKERS", "2"))) as client:
         yield client
 
 

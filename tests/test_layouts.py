@@ -106,3 +106,39 @@ def test_folders_that_are_not_datasets_are_refused(tmp_path):
     (root / "dataset.json").write_text("{not json")
     with pytest.raises(LayoutError, match="not valid JSON"):
         plan_dataset(root)
+
+
+def test_manifest_stacks_slices_and_reads_h_w_d_volumes_by_slice_axis(tmp_path, dask_cluster):
+    import h5py
+
+    rng = np.random.default_rng(7)
+    volume = rng.random((3, 8, 8)).astype(np.float32)  # (D, H, W)
+    labels = (volume > 0.5).astype(np.uint8)
+    with h5py.File(tmp_path / "hwd.h5", "w") as file:  # stored (H, W, D), as some releases do
+        file["image"], file["label"] = np.transpose(volume, (1, 2, 0)), np.transpose(labels, (1, 2, 0))
+    for k in range(3):
+        with h5py.File(tmp_path / f"s_slice_{k}.h5", "w") as file:
+            file["image"], file["label"] = volume[k], labels[k]
+    slices = [f"s_slice_{k}.h5" for k in range(3)]
+    rows = [
+        {"case": "hwd", "image": "hwd.h5", "image_key": "image", "target": "hwd.h5", "target_key": "label", "slice_axis": 2},
+        {"case": "stacked", "image": slices, "image_key": "image", "target": slices, "target_key": "label"},
+        {"case": "bad", "image": "hwd.h5", "slice_axis": "z"},
+    ]
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "hwd", "classes": {"1": "bright"}, "cases": rows}))
+    plan = plan_dataset(tmp_path)
+    assert [p.case for p in plan.problems] == ["bad"] and "slice_axis 'z'" in plan.problems[0].reason
+    assert plan.cases[0].channels[0].slice_axis == 2 and len(plan.cases[1].channels[0].stack) == 3
+    report = ingest(plan, tmp_path / "store", dask_cluster, IngestOptions(size=8))
+    assert report.counts() == {"ingested": 2, "skipped": 0, "failed": 1}
+    dataset = ZarrStore(tmp_path / "store").dataset("hwd")
+    for case in ("hwd", "stacked"):
+        np.testing.assert_array_equal(dataset.read_volume(case).target, labels)
+        assert dataset.read_volume(case).image.shape == (3, 8, 8)
+    # the slice axis is part of what a case is made from: changing it re-ingests an unchanged file
+    rows[0]["slice_axis"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps({"name": "hwd", "classes": {"1": "bright"}, "cases": rows[:2]}))
+    again = ingest(plan_dataset(tmp_path), tmp_path / "store", dask_cluster, IngestOptions(size=8))
+    assert {r.case: r.status for r in again.results} == {"hwd": "ingested", "stacked": "skipped"}
+    (tmp_path / "s.csv").write_text("case,image,slice_axis\nc,hwd.h5,-1\n")
+    assert plan_dataset(tmp_path / "s.csv").cases[0].channels[0].slice_axis == -1

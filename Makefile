@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test bench bench-acdc clean
+.PHONY: install demo test bench bench-acdc real-store clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,18 @@ bench: $(VENV)/.installed-dev
 # 30 minutes of training on the shared ACDC data (not part of `make bench`)
 bench-acdc: install
 	$(BIN)/python -m benchmarks.acdc
+
+# Every public release found in DATA (default: the data folder beside the clone), ingested by its
+# recipe into $(MVG_HOME)/real-store at SIZE px; a second run only checks checksums
+DATA ?= ../shared/data
+SIZE ?= 128
+MVG_HOME ?= mvg-home
+real-store: install
+	@if [ -d "$(DATA)" ]; then \
+		$(BIN)/mvg --home "$(MVG_HOME)" real-store --data "$(DATA)" --size $(SIZE); \
+	else \
+		echo "make real-store: skipped: no data folder at $(DATA) (give its path: make real-store DATA=DIR)"; \
+	fi
 
 clean:
 	rm -rf $(VENV) mvg-home .pytest_cache

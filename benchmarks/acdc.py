@@ -2,6 +2,12 @@
 1-shot on held-out ACDC volumes beside the copy-the-prompt baseline (issue 5's learning figure).
 
     python -m benchmarks.acdc --data ../shared/data/acdc [--minutes 30] [--work DIR] [--out ...]
+    python -m benchmarks.acdc --steps 1500 --set model.pixel_skip_channels=0 --name no-skip --work DIR
+
+`--steps` trains a fixed number of steps instead of a wall-clock budget: the way to compare recipes
+at equal budget (episodes) on a machine whose speed varies. Every run is an MLflow run (experiment
+`acdc-benchmark`, `--tracking-uri`, default `$MVG_HOME/mlflow.db`) with its overrides as params, its
+scores as metrics and its montage as an artifact.
 
 Data (the SSL4MIS release of ACDC, see the shared data README): the 1,312 2-D training slices of
 70 patients are the dataset `acdc-slices` (training only); the 20 ED/ES volumes of 10 other
@@ -21,10 +27,14 @@ import json
 import time
 from pathlib import Path
 
+import mlflow
 import torch
+from PIL import Image
 
 from benchmarks.common import machine, scratch, write_result
+from flows.cli import parse_overrides
 from mvg.config import preset
+from mvg.tracking import tracking_uri
 from mvg.evaluation import COPY_PROMPT, MODEL, evaluate_dataset
 from mvg.train import train
 from storage.ingest import IngestOptions, dask_client, ingest
@@ -82,28 +92,48 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--work", type=Path, help="keep the store and checkpoint here (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/acdc.json"))
+    parser.add_argument("--steps", type=int, help="train this many steps (equal-budget comparisons) instead of --minutes")
+    parser.add_argument("--preset", default="tiny-cpu", help="config preset the overrides apply to")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override (repeatable)")
+    parser.add_argument("--name", help="MLflow run name (default: the overrides)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MVG_HOME/mlflow.db)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    mlflow.set_tracking_uri(args.tracking_uri or tracking_uri())
+    mlflow.set_experiment("acdc-benchmark")
 
-    with scratch(args.work, "mvg-bench-acdc-") as work:
+    with scratch(args.work, "mvg-bench-acdc-") as work, mlflow.start_run(run_name=args.name or " ".join(args.set) or args.preset):
         started = time.perf_counter()
         store = build_store(args.data, work, args.size)
         ingest_s = time.perf_counter() - started
-        config = preset("tiny-cpu")
-        calibration = train(config.with_overrides(optim={"steps": 20}), [store], log_every=10)
-        rate = calibration.history[-1]["episodes_per_s"]  # the second window: past the first-step costs
-        steps = max(50, int(args.minutes * 60 * rate / config.optim.batch_size))
+        config = preset(args.preset).with_overrides(**parse_overrides(args.set))
+        if args.steps:
+            steps = args.steps
+        else:
+            calibration = train(config.with_overrides(optim={"steps": 20}), [store], log_every=10)
+            rate = calibration.history[-1]["episodes_per_s"]  # the second window: past the first-step costs
+            steps = max(50, int(args.minutes * 60 * rate / config.optim.batch_size))
+            print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {args.minutes} min")
         config = config.with_overrides(optim={"steps": steps, "warmup_steps": max(config.optim.warmup_steps, steps // 50)})
-        print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {args.minutes} min")
+        mlflow.log_params({"preset": args.preset, "steps": steps, **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
         began = time.perf_counter()
         trained = train(config, [store], log_every=50, on_log=lambda row: print(
             f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s)", flush=True))
         train_s = time.perf_counter() - began
+        torch.save(trained.model.state_dict(), args.out.with_suffix(".pt"))  # for a look at its raw paintings
+        for row in trained.history:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         evaluation = evaluate_dataset(trained.model, ZarrStore(store).dataset("acdc"), draws=args.draws, seed=0)
         summary = {method: {metric: {"mean": a.mean, "std": a.std} for metric, a in metrics.items()}
                    for method, metrics in evaluation.summary.items()}
         model, copy = summary[MODEL]["mIoU"]["mean"], summary[COPY_PROMPT]["mIoU"]["mean"]
-        print(f"ACDC 1-shot mIoU: model {model:.3f}, copy-prompt {copy:.3f}")
+        print(f"ACDC 1-shot mIoU: model {model:.3f}, copy-prompt {copy:.3f} ({trained.step} steps, {train_s:.0f} s)")
+        mlflow.log_metrics({"acdc_miou": model, "copy_prompt_miou": copy, "train_s": train_s,
+                            "episodes_per_s": trained.step * config.optim.batch_size / train_s})
+        montage = args.out.with_suffix(".png")
+        montage.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(evaluation.montage).save(montage)
+        mlflow.log_artifact(str(montage))
         write_result(args.out, {
             "benchmark": "acdc-1shot",
             "machine": machine(),

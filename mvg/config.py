@@ -10,6 +10,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 
 TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
+DECODERS = ("paper", "unet")
+DATASET_WEIGHTINGS = ("uniform", "sqrt-slices")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,28 @@ class ModelConfig:
     max_pairs: int = 4  # learned pair-index embeddings: k prompt pairs + the query pair
     decoder_channels: int = 64  # channels after the pixel shuffle
     drop_path: float = 0.1
+    # "paper": block features -> pixel shuffle -> convs. "unet", a departure from the paper (off in
+    # `base` / `large`): the block features at the patch grid are upsampled 2x per level back to
+    # pixels, each level joined by a small conv encoder's features of the pair's own image, so
+    # edges and intensities need not pass through patch tokens (mvg.model.UNetDecoder).
+    decoder: str = "paper"
+    skip_channels: int = 16  # unet: channels of the full-resolution level, doubled per level down
+    # Departure from the paper: a target's tokens also embed its own image's patch (mvg.model.MVG)
+    fuse_pairs: bool = False
+    # Departure from the paper, unet decoder only: the decoder also gets the prompt targets carried
+    # to the query by soft correspondence of ViT features (mvg.model.PromptReadout)
+    prompt_readout: bool = False
+    readout_heads: int = 1  # prompt read-out: independent correspondences, each one carried image
+    # "paper" decoder only: 0 = as the paper; > 0 adds a full-resolution conv stem over the pair's image
+    pixel_skip_channels: int = 0
+
+    def __post_init__(self):
+        if self.decoder not in DECODERS:
+            raise ValueError(f"model.decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
+        if self.prompt_readout and self.decoder != "unet":
+            raise ValueError("model.prompt_readout needs model.decoder = 'unet'")
+        if self.decoder == "unet" and self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"the unet decoder upsamples by 2 per level: patch_size must be a power of two, not {self.patch_size}")
 
     @property
     def grid(self) -> int:
@@ -48,6 +72,10 @@ class ObjectiveConfig:
     smooth_l1_beta: float = 0.01
     background_weight: float = 0.1  # segmentation background pixels count this much
     colouring: str = "random"  # binary | predefined | random
+    # Loss weight of segmentation targets painted with no prompt before them: Py_1 of the
+    # autoregressive sequence, predicted from Px_1 alone. Its colours are drawn per episode, so
+    # nothing in the input says them; the paper keeps it (1.0), which rewards painting the mean level.
+    unprompted_segmentation_weight: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +88,12 @@ class DataConfig:
     )
     foreground_probability: float = 0.9  # segmentation queries from slices holding foreground
     same_case_prompt: bool = False  # prompts from another case (paper) or the same case
+    # a task's datasets drawn "uniform" (paper) or "sqrt-slices": by the square root of their slices
+    dataset_weighting: str = "uniform"
+
+    def __post_init__(self):
+        if self.dataset_weighting not in DATASET_WEIGHTINGS:
+            raise ValueError(f"data.dataset_weighting {self.dataset_weighting!r} is not one of {', '.join(DATASET_WEIGHTINGS)}")
 
 
 @dataclass(frozen=True)

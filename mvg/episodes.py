@@ -5,7 +5,9 @@ the model's image size. `EpisodeSampler.sample()` draws one in the paper's order
 
 1. the task, by `DataConfig.task_weights` renormalised over the tasks the store holds
    (segmentation 0.5, the rest share 0.5);
-2. a dataset of that task, uniformly;
+2. a dataset of that task, uniformly (the paper), or with `DataConfig.dataset_weighting =
+   "sqrt-slices"` in proportion to the square root of its training slices, so a four-image set
+   is not drawn as often as a 1,300-slice one;
 3. the training path: "mim" or "ar" from `ObjectiveConfig` (segmentation is all AR in the paper);
 4. a query case, uniformly, and a slice of it: with probability `foreground_probability` one that
    holds foreground (segmentation: labelled classes; inpainting: a region to fill), else any slice;
@@ -298,6 +300,13 @@ class EpisodeSampler:
 
     # ------------------------------------------------------------------ reproducibility
 
+    def _dataset_index(self, task: str, rng: np.random.Generator) -> int:
+        candidates = self.by_task[task]
+        if self.data.dataset_weighting == "uniform":
+            return int(rng.integers(len(candidates)))
+        sizes = np.sqrt([sum(d.slices) for d in candidates])  # "sqrt-slices"
+        return int(np.searchsorted(np.cumsum(sizes / sizes.sum()), rng.random(), side="right").clip(max=len(candidates) - 1))
+
     def state_dict(self) -> dict:
         """The RNG state, for checkpoints: `load_state_dict` resumes the same episode sequence."""
         return {"seed": self.seed, "rank": self.rank, "worker": self.worker, "rng": self.rng.bit_generator.state}
@@ -314,7 +323,7 @@ class EpisodeSampler:
         rng, data = self.rng, self.data
         task = self.tasks[min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.tasks) - 1)]
         candidates = self.by_task[task]
-        dataset = candidates[int(rng.integers(len(candidates)))]
+        dataset = candidates[self._dataset_index(task, rng)]
         fraction = self.objective.segmentation_mim_fraction if task == "segmentation" else self.objective.mim_fraction
         mode = "mim" if rng.random() < fraction else "ar"
 

@@ -17,6 +17,8 @@ are computed once and reused for every query slice that shares them (`encode_pro
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,38 +34,157 @@ IMAGE, TARGET = 0, 1  # role embeddings
 
 
 class Decoder(nn.Module):
-    """Four block features -> linear -> pixel shuffle -> conv3x3 -> norm -> GELU -> conv1x1 -> 1 channel."""
+    """Four block features -> linear -> pixel shuffle -> conv3x3 -> norm -> GELU -> conv1x1 -> 1 channel.
+
+    With `pixel_skip_channels` (a departure from the paper, see ModelConfig) the shuffled features
+    are joined by a full-resolution conv stem over the pair's own image (the query image for the
+    query target, Px_i for Py_i) and the image itself, and one more conv3x3 mixes them: the ViT
+    says what to paint where, the skip gives it pixel-accurate edges and intensities.
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        patch, channels = config.patch_size, config.decoder_channels
+        patch, channels, skip = config.patch_size, config.decoder_channels, config.pixel_skip_channels
         self.grid = config.grid
         self.linear = nn.Linear(4 * config.embed_dim, patch * patch * channels)
         self.shuffle = nn.PixelShuffle(patch)
+        self.skip = (
+            nn.Sequential(nn.Conv2d(1, skip, 3, padding=1), nn.GELU(), nn.Conv2d(skip, skip, 3, padding=1), nn.GELU())
+            if skip
+            else None
+        )
+        joined = channels + (skip + 1 if skip else 0)
+        mixing = [nn.Conv2d(channels, channels, 3, padding=1), nn.GELU()] if skip else []
         self.head = nn.Sequential(
-            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.Conv2d(joined, channels, 3, padding=1),
             nn.GroupNorm(min(8, channels), channels),
             nn.GELU(),
+            *mixing,
             nn.Conv2d(channels, 1, 1),
         )
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, T, 4D) of one image's tokens -> (B, 1, H, W)."""
+    def forward(self, features: torch.Tensor, image: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, T, 4D) of one image's tokens, and with a pixel skip the pair's image
+        (B, 1, H, W) -> (B, 1, H, W)."""
         batch, tokens, _ = features.shape
-        x = self.linear(features).transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
-        return self.head(self.shuffle(x))
+        x = self.shuffle(self.linear(features).transpose(1, 2).reshape(batch, -1, self.grid, self.grid))
+        if self.skip is not None:
+            if image is None:
+                raise ValueError("this model's decoder has a pixel skip: pass the image whose target it paints")
+            x = torch.cat([x, self.skip(image.to(x.dtype)), image.to(x.dtype)], dim=1)
+        return self.head(x)
+
+
+class UNetDecoder(nn.Module):
+    """A departure from the paper (`ModelConfig.decoder = "unet"`): the ViT is the bottleneck of a
+    small U-Net over the pair's own image (the query image for the query target, Px_i for Py_i).
+
+    The four block features at the patch grid are projected, then upsampled 2x per level back to
+    pixels; at each level they are joined by a conv encoder's features of the image at that scale
+    (and, at full resolution, by the image itself) and mixed by two 3x3 convs. The ViT decides what
+    to paint where, from the prompt; the encoder gives it the image's own edges and intensities,
+    which 8 or 16 px patch tokens blur.
+    """
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.grid = config.grid
+        levels = int(math.log2(config.patch_size))  # patch 8: pixels, 1/2, 1/4; the ViT at 1/8
+        extra = 1 + (config.readout_heads if config.prompt_readout else 0)  # the image, and the carried prompt targets
+        widths = [min(config.skip_channels * 2**level, 128) for level in range(levels)]  # finest first
+        self.encoder = nn.ModuleList(
+            _conv_pair(1 if level == 0 else widths[level - 1], widths[level], stride=1 if level == 0 else 2)
+            for level in range(levels)
+        )
+        self.project = nn.Linear(4 * config.embed_dim, widths[-1])
+        self.up = nn.ModuleList(
+            _conv_pair(
+                (widths[level + 1] if level + 1 < levels else widths[-1]) + widths[level] + (extra if level == 0 else 0),
+                widths[level],
+                norm=True,
+            )
+            for level in range(levels)
+        )
+        self.out = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None) -> torch.Tensor:
+        """features (B, T, 4D) of one image's tokens and the pair's image (B, 1, H, W) -> (B, 1, H, W);
+        `carried`: with a prompt read-out, the prompt target carried to this image (zeros when
+        nothing comes before it)."""
+        if image is None:
+            raise ValueError("the unet decoder paints from the pair's image: pass it")
+        batch = features.shape[0]
+        x = self.project(features).transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
+        image = image.to(x.dtype)
+        skips, level_input = [], image
+        for encode in self.encoder:
+            level_input = encode(level_input)
+            skips.append(level_input)
+        for level in reversed(range(len(self.up))):
+            x = F.interpolate(x, size=skips[level].shape[-2:], mode="bilinear", align_corners=False)
+            joined = [x, skips[level]] + ([image] + ([carried.to(x.dtype)] if carried is not None else []) if level == 0 else [])
+            x = self.up[level](torch.cat(joined, dim=1))
+        return self.out(x)
+
+
+def _conv_pair(channels_in: int, channels_out: int, stride: int = 1, norm: bool = False) -> nn.Sequential:
+    layers = [nn.Conv2d(channels_in, channels_out, 3, stride=stride, padding=1)]
+    if norm:
+        layers.append(nn.GroupNorm(min(8, channels_out), channels_out))
+    layers += [nn.GELU(), nn.Conv2d(channels_out, channels_out, 3, padding=1), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+class PromptReadout(nn.Module):
+    """A departure from the paper (`ModelConfig.prompt_readout`): the prompt targets carried over
+    to the query by soft correspondence, an input of the decoder.
+
+    Each query patch attends, through learned projections of the ViT features, to the patches of
+    the prompt images; the attention weights carry the prompt targets' pixels (patch by patch)
+    over to the query. The carried image is a convex combination of the prompt's own levels, so
+    reading the prompt's colours -- what a random colouring asks for -- is one matching step
+    instead of something the ViT must learn to route through its value vectors."""
+
+    def __init__(self, config: ModelConfig, dim: int = 64):
+        super().__init__()
+        self.patch, self.grid, self.heads = config.patch_size, config.grid, config.readout_heads
+        self.query = nn.Linear(4 * config.embed_dim, dim * self.heads)
+        self.key = nn.Linear(4 * config.embed_dim, dim * self.heads)
+
+    def forward(self, query_features: torch.Tensor, prompt_features: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
+        """query_features (B, T, 4D), prompt_features (B, k * T, 4D) of the prompt images, prompt
+        targets (B, k, 1, H, W) -> the targets carried to the query, one per head (B, heads, H, W)."""
+        batch, tokens = query_features.shape[:2]
+        patch, grid, heads = self.patch, self.grid, self.heads
+        queries = self.query(query_features).reshape(batch, tokens, heads, -1).transpose(1, 2)
+        keys = self.key(prompt_features).expand(batch, -1, -1)
+        keys = keys.reshape(batch, keys.shape[1], heads, -1).transpose(1, 2)
+        weights = torch.softmax(queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1]), dim=-1)  # (B, h, T, kT)
+        pairs = prompt_targets.shape[1]
+        values = prompt_targets.to(weights.dtype).expand(batch, -1, -1, -1, -1).reshape(batch, pairs, grid, patch, grid, patch)
+        values = values.permute(0, 1, 2, 4, 3, 5).reshape(batch, 1, pairs * grid * grid, patch * patch)
+        carried = (weights @ values).reshape(batch, heads, grid, grid, patch, patch).permute(0, 1, 2, 4, 3, 5)
+        return carried.reshape(batch, heads, grid * patch, grid * patch)
 
 
 @dataclass
 class PromptCache:
-    """Per block, the keys and values of the prompt tokens: (B, heads, tokens, head_dim) each."""
+    """Per block, the keys and values of the prompt tokens: (B, heads, tokens, head_dim) each;
+    with a prompt read-out also the prompt images' decoder features (B, k * T, 4D) and the prompt
+    targets (B, k, 1, H, W)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     pairs: int
+    image_features: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> PromptCache:
-        return PromptCache([k[rows] for k in self.keys], [v[rows] for v in self.values], self.pairs)
+        return PromptCache(
+            [k[rows] for k in self.keys], [v[rows] for v in self.values], self.pairs,
+            None if self.image_features is None else self.image_features[rows],
+            None if self.targets is None else self.targets[rows],
+        )
 
 
 class MVG(nn.Module):
@@ -77,6 +198,14 @@ class MVG(nn.Module):
         self.patch_embed = PatchEmbed(
             img_size=config.image_size, patch_size=config.patch_size, in_chans=1, embed_dim=dim
         )
+        # A departure from the paper (`ModelConfig.fuse_pairs`): a target's tokens also carry its own
+        # image's patch, so a query token finds the prompt's colour for a structure in one
+        # attention hop (match the appearance, read the level) instead of two.
+        self.pair_image_embed = (
+            PatchEmbed(img_size=config.image_size, patch_size=config.patch_size, in_chans=1, embed_dim=dim)
+            if config.fuse_pairs
+            else None
+        )
         self.pos_embed = nn.Parameter(torch.zeros(1, config.tokens_per_image, dim))
         self.role_embed = nn.Parameter(torch.zeros(2, dim))
         self.pair_embed = nn.Parameter(torch.zeros(config.max_pairs, dim))
@@ -86,21 +215,35 @@ class MVG(nn.Module):
             Block(dim, config.num_heads, config.mlp_ratio, qkv_bias=True, drop_path=rate) for rate in rates
         )
         self.feature_norms = nn.ModuleList(nn.LayerNorm(dim, eps=1e-6) for _ in config.feature_blocks)
-        self.decoder = Decoder(config)
+        self.decoder = UNetDecoder(config) if config.decoder == "unet" else Decoder(config)
+        self.readout = PromptReadout(config) if config.prompt_readout else None
         for parameter in (self.pos_embed, self.role_embed, self.pair_embed, self.mask_token):
             trunc_normal_(parameter, std=0.02)
         self.apply(_init_weights)
 
     # ------------------------------------------------------------------------ tokens
 
-    def embed(self, images: torch.Tensor, role: int, pair: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1, H, W) -> (B, T, D) tokens; `mask` (B, T) replaces patches by the mask token."""
+    def embed(
+        self,
+        images: torch.Tensor,
+        role: int,
+        pair: int,
+        mask: torch.Tensor | None = None,
+        pair_image: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, 1, H, W) -> (B, T, D) tokens; `mask` (B, T) replaces patches by the mask token.
+        `pair_image`: a target's own image, added to its tokens when the model fuses pairs."""
         if pair >= self.config.max_pairs:
             raise ValueError(f"pair {pair} exceeds max_pairs={self.config.max_pairs} of this model")
         tokens = self.patch_embed(images)
         if mask is not None:
             tokens = torch.where(mask.unsqueeze(-1), self.mask_token.to(tokens.dtype), tokens)
+        if self.pair_image_embed is not None and pair_image is not None:
+            tokens = tokens + self.pair_image_embed(pair_image)
         return tokens + self.pos_embed + self.role_embed[role] + self.pair_embed[pair]
+
+    def embed_target(self, targets: torch.Tensor, images: torch.Tensor, pair: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.embed(targets, TARGET, pair, mask, pair_image=images)
 
     def encode(self, tokens: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         """Run the blocks; return the normalised features of the four decoder blocks, concatenated."""
@@ -113,9 +256,32 @@ class MVG(nn.Module):
     def _features_at(self, depth: int, tokens: torch.Tensor) -> list[torch.Tensor]:
         return [norm(tokens) for index, norm in zip(self.config.feature_blocks, self.feature_norms) if index == depth]
 
-    def decode(self, features: torch.Tensor, image: int) -> torch.Tensor:
+    def decode(
+        self,
+        features: torch.Tensor,
+        image: int,
+        pixels: torch.Tensor,
+        prompt_images_at: Sequence[int] = (),
+        prompt_targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The target painted from the tokens of sequence image `image`; `pixels` is the pair's
+        own image (used by the skip decoders). With a prompt read-out, the prompt images at
+        sequence positions `prompt_images_at` and their `prompt_targets` (B, k, 1, H, W) are what
+        it reads; none: nothing is carried (zeros)."""
+        own = self._tokens_of(features, image)
+        if self.readout is None:
+            return self.decoder(own, pixels)
+        prompts = [self._tokens_of(features, at) for at in prompt_images_at]
+        return self.decoder(own, pixels, self._carried(own, prompts, prompt_targets, pixels))
+
+    def _tokens_of(self, features: torch.Tensor, image: int) -> torch.Tensor:
         tokens = self.config.tokens_per_image
-        return self.decoder(features[:, image * tokens : (image + 1) * tokens])
+        return features[:, image * tokens : (image + 1) * tokens]
+
+    def _carried(self, own: torch.Tensor, prompts: Sequence[torch.Tensor], prompt_targets: torch.Tensor | None, pixels: torch.Tensor) -> torch.Tensor:
+        if not prompts:
+            return pixels.new_zeros(pixels.shape[0], self.config.readout_heads, *pixels.shape[-2:])
+        return self.readout(own, torch.cat(list(prompts), dim=1), prompt_targets)
 
     # ------------------------------------------------------------------------ objectives
 
@@ -134,12 +300,15 @@ class MVG(nn.Module):
         sequence = []
         for pair in range(pairs):
             sequence.append(self.embed(prompt_images[:, pair], IMAGE, pair))
-            sequence.append(self.embed(prompt_targets[:, pair], TARGET, pair, prompt_masks[:, pair]))
+            sequence.append(self.embed_target(prompt_targets[:, pair], prompt_images[:, pair], pair, prompt_masks[:, pair]))
         sequence.append(self.embed(query_image, IMAGE, pairs))
-        sequence.append(self.embed(query_target, TARGET, pairs, query_mask))
+        sequence.append(self.embed_target(query_target, query_image, pairs, query_mask))
         features = self.encode(torch.cat(sequence, dim=1), attn_mask=None)
-        prompt_outputs = torch.stack([self.decode(features, 2 * pair + 1) for pair in range(pairs)], dim=1)
-        return prompt_outputs, self.decode(features, 2 * pairs + 1)
+        prompt_outputs = torch.stack(
+            [self.decode(features, 2 * pair + 1, prompt_images[:, pair]) for pair in range(pairs)], dim=1
+        )
+        prompt_images_at = [2 * pair for pair in range(pairs)]
+        return prompt_outputs, self.decode(features, 2 * pairs + 1, query_image, prompt_images_at, prompt_targets)
 
     def forward_ar(
         self, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, query_image: torch.Tensor
@@ -150,13 +319,21 @@ class MVG(nn.Module):
         sequence = []
         for pair in range(pairs):
             sequence.append(self.embed(prompt_images[:, pair], IMAGE, pair))
-            sequence.append(self.embed(prompt_targets[:, pair], TARGET, pair))
+            sequence.append(self.embed_target(prompt_targets[:, pair], prompt_images[:, pair], pair))
         sequence.append(self.embed(query_image, IMAGE, pairs))
         images = 2 * pairs + 1
         mask = block_causal_mask(images, self.config.tokens_per_image, device=query_image.device)
         features = self.encode(torch.cat(sequence, dim=1), attn_mask=mask)
-        prompt_outputs = torch.stack([self.decode(features, 2 * pair) for pair in range(pairs)], dim=1)
-        return prompt_outputs, self.decode(features, 2 * pairs)
+        # Py_i is painted from the pairs before it: the read-out sees those alone
+        prompt_outputs = torch.stack(
+            [
+                self.decode(features, 2 * pair, prompt_images[:, pair], [2 * j for j in range(pair)], prompt_targets[:, :pair])
+                for pair in range(pairs)
+            ],
+            dim=1,
+        )
+        prompt_images_at = [2 * pair for pair in range(pairs)]
+        return prompt_outputs, self.decode(features, 2 * pairs, query_image, prompt_images_at, prompt_targets)
 
     # ------------------------------------------------------------------------ inference
 
@@ -166,20 +343,29 @@ class MVG(nn.Module):
         pairs = prompt_images.shape[1]
         tokens = torch.cat(
             [
-                self.embed(images[:, pair], role, pair)
+                embedded
                 for pair in range(pairs)
-                for images, role in ((prompt_images, IMAGE), (prompt_targets, TARGET))
+                for embedded in (
+                    self.embed(prompt_images[:, pair], IMAGE, pair),
+                    self.embed_target(prompt_targets[:, pair], prompt_images[:, pair], pair),
+                )
             ],
             dim=1,
         )
         mask = block_causal_mask(2 * pairs, self.config.tokens_per_image, device=tokens.device)
-        keys, values = [], []
-        for block in self.blocks:
+        keys, values, features = [], [], []
+        for depth, block in enumerate(self.blocks):
             _, key, value = _qkv(block, block.norm1(tokens))
             keys.append(key)
             values.append(value)
             tokens = block(tokens, attn_mask=mask)
-        return PromptCache(keys, values, pairs)
+            if self.readout is not None:
+                features += self._features_at(depth, tokens)
+        if self.readout is None:
+            return PromptCache(keys, values, pairs)
+        features = torch.cat(features, dim=-1)
+        image_features = torch.cat([self._tokens_of(features, 2 * pair) for pair in range(pairs)], dim=1)
+        return PromptCache(keys, values, pairs, image_features, prompt_targets)
 
     @torch.no_grad()
     def predict_cached(self, query: torch.Tensor, cache: PromptCache) -> torch.Tensor:
@@ -189,7 +375,11 @@ class MVG(nn.Module):
         for depth, block in enumerate(self.blocks):
             tokens = _block_with_prefix(block, tokens, cache.keys[depth], cache.values[depth])
             features += self._features_at(depth, tokens)
-        return self.decoder(torch.cat(features, dim=-1)).clamp(0, 1)
+        features = torch.cat(features, dim=-1)
+        if self.readout is None:
+            return self.decoder(features, query).clamp(0, 1)
+        carried = self._carried(features, [cache.image_features], cache.targets, query)
+        return self.decoder(features, query, carried).clamp(0, 1)
 
     @torch.no_grad()
     def predict(

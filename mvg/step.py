@@ -2,7 +2,8 @@
 
 Each episode already says its path (`is_mim`, sampled by the episode sampler from the mix: segmentation
 100 % autoregressive, other tasks 90 % MIM). Rows of each path run together; the loss of an episode
-is the mean over its target images (prompt targets and the query target) of the weighted smooth L1.
+is the mean over its target images (prompt targets and the query target) of the weighted smooth L1,
+weighted by target (`ObjectiveConfig.unprompted_segmentation_weight`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
 
     per_target = [loss(query_out, query_target, query_pixels)]
     per_target += [loss(prompt_out[:, p], prompt_targets[:, p], prompt_pixels[:, p]) for p in range(pairs)]
-    return torch.stack(per_target, dim=1).mean(dim=1)
+    weights = torch.ones(rows, len(per_target), device=query_image.device)
+    if not is_mim:  # Py_1 is painted from Px_1 alone: for segmentation it has no colours to read
+        weights[:, 1] = torch.where(is_segmentation, objective.unprompted_segmentation_weight, 1.0)
+    return (torch.stack(per_target, dim=1) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6)
 
 
 class HybridObjective(nn.Module):

@@ -113,6 +113,90 @@ def test_prompt_cache_equals_reencoding(pairs):
     assert float(cached.min()) >= 0 and float(cached.max()) <= 1
 
 
+@pytest.mark.parametrize("decoder", [{"decoder": "paper"}, {"decoder": "paper", "pixel_skip_channels": 8}, {"decoder": "unet"}, {"decoder": "unet", "fuse_pairs": True},
+                                     {"decoder": "unet", "prompt_readout": True}])
+def test_every_decoder_keeps_the_prompt_cache_exact_and_block_causality(decoder):
+    model = tiny(**decoder)
+    px, py, x, _ = images(2, 1)
+    assert torch.allclose(model.predict(x, px, py), model.predict_uncached(x, px, py), atol=1e-5)
+    prompt_out, _ = model.forward_ar(px, py, x)
+    assert torch.equal(model.forward_ar(px, py, torch.rand_like(x))[0], prompt_out), "no prompt output may depend on the query"
+
+
+@pytest.mark.parametrize("decoder", [{"decoder": "paper", "pixel_skip_channels": 8}, {"decoder": "unet"}])
+def test_skip_decoders_paint_from_the_pairs_own_pixels(decoder):
+    """With the same tokens, one pixel of the pair's image changed changes the painting around
+    that pixel: the decoder sees the image at full resolution, not only through patch tokens."""
+    model = tiny(**decoder)
+    config = model.config
+    features = torch.randn(1, config.tokens_per_image, 4 * config.embed_dim, generator=torch.Generator().manual_seed(1))
+    image = torch.rand(1, 1, config.image_size, config.image_size, generator=torch.Generator().manual_seed(2))
+    changed = image.clone()
+    changed[..., 21, 37] = 1 - changed[..., 21, 37]
+    with torch.no_grad():
+        difference = (model.decoder(features, changed) - model.decoder(features, image)).abs()[0, 0]
+    assert float(difference[21, 37]) > 0
+    row, column = divmod(int(difference.argmax()), difference.shape[1])
+    assert abs(row - 21) <= 3 and abs(column - 37) <= 3, "the change is largest where it happened"
+    with pytest.raises(ValueError, match="pass"):
+        model.decoder(features)
+
+
+def test_prompt_readout_carries_the_prompts_own_levels():
+    """The carried target is a convex combination of prompt target pixels: a flat prompt target
+    of level L carries L everywhere, and scaling the prompt's levels scales what is carried."""
+    model = tiny(decoder="unet", prompt_readout=True, readout_heads=2)
+    config = model.config
+    generator = torch.Generator().manual_seed(3)
+    query = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim, generator=generator)
+    prompts = torch.randn(2, 2 * config.tokens_per_image, 4 * config.embed_dim, generator=generator)
+    flat = torch.full((2, 2, 1, config.image_size, config.image_size), 0.375)
+    with torch.no_grad():
+        assert torch.allclose(model.readout(query, prompts, flat), torch.full((2, config.readout_heads, 64, 64), 0.375), atol=1e-6)
+        levels = torch.rand(2, 2, 1, config.image_size, config.image_size, generator=generator)
+        carried = model.readout(query, prompts, levels)
+        assert torch.allclose(model.readout(query, prompts, levels * 0.5), carried * 0.5, atol=1e-6)
+        assert float(carried.min()) >= float(levels.min()) and float(carried.max()) <= float(levels.max())
+    with pytest.raises(ValueError, match="unet"):
+        preset("tiny-cpu").with_overrides(model={"decoder": "paper", "prompt_readout": True})
+
+
+def test_prompt_readout_paints_the_query_from_the_prompt_target():
+    """With a read-out, the query's painting depends on the prompt target even in the decoder's
+    last step; the first prompt target of the autoregressive path has nothing before it."""
+    model = tiny(decoder="unet", prompt_readout=True)
+    px, py, x, _ = images(1, 1)
+    prompt_out, query_out = model.forward_ar(px, py, x)
+    changed_prompt_out, changed_query_out = model.forward_ar(px, 1 - py, x)
+    assert torch.equal(prompt_out, changed_prompt_out), "Py_1 is painted from Px_1 alone"
+    assert not torch.allclose(query_out, changed_query_out)
+
+
+def test_unet_decoder_needs_a_power_of_two_patch():
+    with pytest.raises(ValueError, match="power of two"):
+        preset("tiny-cpu").with_overrides(model={"decoder": "unet", "patch_size": 12})
+    with pytest.raises(ValueError, match="decoder"):
+        preset("tiny-cpu").with_overrides(model={"decoder": "transformer"})
+
+
+def test_unprompted_segmentation_targets_can_be_left_out_of_the_loss():
+    """Py_1 of an autoregressive segmentation episode is painted from Px_1 alone; with weight 0
+    the episode's loss is its query target's alone, and image tasks keep both."""
+    model = tiny()
+    px, py, x, y = images(2, 1)
+    py, y = (py > 0.5).float(), (y > 0.5).float()
+    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
+             "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+    paper = episode_losses(model, batch, ObjectiveConfig(background_weight=1.0))
+    without = episode_losses(model, batch, ObjectiveConfig(background_weight=1.0, unprompted_segmentation_weight=0.0))
+    with torch.no_grad():
+        prompt_out, query_out = model.forward_ar(px, py, x)
+    query_only = torch.nn.functional.smooth_l1_loss(query_out[0], y[0], beta=ObjectiveConfig().smooth_l1_beta)
+    assert float(without[0]) == pytest.approx(float(query_only), rel=1e-3)
+    assert float(paper[0]) != pytest.approx(float(without[0]), rel=1e-3)
+    assert float(paper[1]) == pytest.approx(float(without[1]))
+
+
 def test_predict_rejects_mismatched_prompts():
     model = tiny()
     px, py, x, _ = images(2, 1)

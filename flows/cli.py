@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--workers", type=int, default=1, help="Dask worker processes (one case each)")
     real.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
     real.add_argument("--datasets", nargs="+", metavar="SPEC", help="only these recipes (default: every release found)")
+    real.add_argument("--derived", type=Path, help="folder for files derived from the releases (default: <store>-derived beside the store)")
     real.set_defaults(run=run_real_store)
 
     store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
@@ -202,7 +203,8 @@ def run_real_store(args) -> int:
     store = args.store or str(mvg_home() / "real-store")
     try:
         built = build_real_store(
-            args.data, store, size=args.size, workers=args.workers, address=args.dask_address, datasets=args.datasets
+            args.data, store, size=args.size, workers=args.workers, address=args.dask_address, datasets=args.datasets,
+            derived=args.derived,
         )
     except RuntimeError as error:  # failed cases, listed; the other datasets are in the store
         print(f"mvg real-store: {error}", file=sys.stderr)

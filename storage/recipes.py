@@ -12,6 +12,13 @@ fails with one `LayoutError` naming the folder and what was expected; a case tha
 (a missing partner file) becomes a `CaseProblem` and the rest go on. `build_real_store` ingests
 every release found under one data folder into one store (`mvg real-store`, `make real-store`).
 
+One dataset of the real store is not the release alone. BraTS-Local (brats-inpainting/) publishes
+one case, which cannot be both the prompt pool (train) and a held-out test case; in the real store
+(`plan_brats_local_held_out`) that case, as published, is the test split, and the training case is
+derived: the t1n of brats-synthesis/ (another subject, same SRI24 grid) voided under the BraTS-Local
+mask, written by `storage.derived` beside the store (never into the data folder), the only recipe
+step that reads pixels. `mvg ingest brats-inpainting/ --spec brats-local` reads the release alone.
+
 | folder                | spec            | task         | split                                        |
 | --------------------- | --------------- | ------------ | -------------------------------------------- |
 | acdc/                 | acdc            | segmentation | slices/ stacked per patient+frame: train;    |
@@ -24,7 +31,10 @@ every release found under one data folder into one store (`mvg real-store`, `mak
 | ldct/                 | ldct            | denoising    | train only                                   |
 | brats2013-deepmedic/  | brats2013       | synthesis    | train/ + validation/: train; test/: test     |
 | brats-synthesis/      | brats-synthesis | synthesis    | every fifth case (one case: train)           |
-| brats-inpainting/     | brats-local     | inpainting   | every fifth case (one case: train)           |
+| brats-inpainting/     | brats-local     | inpainting   | every fifth case (one case: train); in the   |
+| (+ brats-synthesis/   |                 |              | real store the published case is test and    |
+|  t1n, DERIVED)        |                 |              | train is DERIVED: brats-synthesis t1n voided |
+|                       |                 |              | under its mask (`plan_brats_local_held_out`) |
 | brats-edema/          | brats-edema     | segmentation | every fifth case (one case: train)           |
 | sct/                  | sct             | segmentation | train only (one subject)                     |
 """
@@ -353,6 +363,43 @@ def plan_brats_local(root: Path, spec: DatasetSpec) -> DatasetPlan:
     return plan
 
 
+def plan_brats_local_held_out(data_root: Path, derived: Path, spec: DatasetSpec, log: Callable[[str], None] = print) -> DatasetPlan:
+    """brats-local in the real store: the BraTS-Local release's cases, exactly as published, are the
+    test split; the training split (the prompt pool) is derived, one case per t1n of the synthesis
+    release (`brats-synthesis/`, a different subject in the same SRI24 space): that t1n voided under
+    a published case's mask (the i-th synthesis case takes the mask of the (i mod n)-th published
+    case), with the t1n as ground truth and the mask as the region (`storage.derived`; the voided
+    file is written to `derived/brats-local/<case>/`, the t1n and the mask are read in place). A
+    one-case release cannot give both a prompt pool and a test case; a derived case whose t1n
+    correlates with a test subject's beyond `SAME_SUBJECT_CORRELATION` is refused (it would leak
+    the test case). Without `brats-synthesis/` the release is planned as `mvg ingest` plans it."""
+    from storage.derived import DerivationError, derive_voided_case
+
+    published = plan_brats_local(data_root / RECIPES[spec.name].folder, spec)
+    synthesis = data_root / RECIPES["brats-synthesis"].folder
+    sources = _brats_cases(synthesis, "t1n") if synthesis.is_dir() else []
+    test_cases = [c for c in published.cases if c.label is not None]
+    if not sources or not test_cases or (published.root / "imagesTr").is_dir():
+        log(f"{spec.name}: no training case derived (it needs published <case>-t1n-voided cases and a t1n in "
+            f"{synthesis}): the release is planned as published")
+        return published
+    plan = _resplit(published, dict.fromkeys((c.case for c in published.cases), "test"))
+    held_out = {c.case: Path(c.channels[1].path) for c in test_cases}
+    for index, (case, folder, prefix) in enumerate(sources):
+        lender = test_cases[index % len(test_cases)]
+        name = f"{case}-voided-{lender.case}"
+        t1n, mask = folder / f"{prefix}t1n.nii.gz", Path(lender.label.path)
+        try:
+            made = derive_voided_case(name, t1n, mask, held_out, derived / spec.name)
+        except DerivationError as error:
+            plan.problems.append(CaseProblem(name, str(error)))
+            continue
+        log(f"{spec.name}: {made.status} training case {name} in {made.voided.parent} "
+            f"(t1n of {synthesis.name}/{t1n.name} voided under {mask.name})")
+        plan.cases.append(CaseSource(name, "train", (SourceFile(str(made.voided)), SourceFile(str(t1n))), SourceFile(str(mask))))
+    return plan
+
+
 def plan_brats_edema(root: Path, spec: DatasetSpec) -> DatasetPlan:
     """SAM-Med3D's BraTS 2021 example: an nnU-Net raw folder without dataset.json,
     `imagesTr/<case>.nii.gz` (FLAIR) and `labelsTr/<case>.nii.gz` (0/1 edema). Split `every_fifth`."""
@@ -395,12 +442,16 @@ def plan_sct(root: Path, spec: DatasetSpec) -> DatasetPlan:
 @dataclass(frozen=True)
 class Recipe:
     """How one public release is read: its spec, the folder name it usually has (the name
-    `build_real_store` looks for), its planner and its split in words."""
+    `build_real_store` looks for), its planner and its split in words. `held_out`, when given,
+    plans the dataset for the real store from the whole data folder instead (data root, folder for
+    derived files, spec, log), and `real_splits` says its split."""
 
     spec: str
     folder: str
     planner: Callable[[Path, DatasetSpec], DatasetPlan]
     splits: str
+    held_out: Callable[[Path, Path, DatasetSpec, Callable[[str], None]], DatasetPlan] | None = None
+    real_splits: str = ""
 
     def plan(self, source: str | Path, spec: DatasetSpec | str | None = None) -> DatasetPlan:
         spec = get_spec(spec or self.spec) if not isinstance(spec, DatasetSpec) else spec
@@ -425,7 +476,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe("ldct", "ldct", plan_ldct, "all train"),
         Recipe("brats2013", "brats2013-deepmedic", plan_brats2013, "train/ and validation/: train; test/: test"),
         Recipe("brats-synthesis", "brats-synthesis", plan_brats_synthesis, EVERY_FIFTH),
-        Recipe("brats-local", "brats-inpainting", plan_brats_local, EVERY_FIFTH),
+        Recipe("brats-local", "brats-inpainting", plan_brats_local, EVERY_FIFTH, plan_brats_local_held_out,
+               "in the real store: the published cases test; train derived from brats-synthesis/ t1n voided under their masks"),
         Recipe("brats-edema", "brats-edema", plan_brats_edema, EVERY_FIFTH),
         Recipe("sct", "sct", plan_sct, "all train"),
     )
@@ -450,11 +502,15 @@ def build_real_store(
     address: str | None = None,
     datasets: Iterable[str] | None = None,
     log: Callable[[str], None] = print,
+    derived: str | Path | None = None,
 ) -> dict[str, str]:
     """Ingest every release found in `data_root` (its folders named as in `RECIPES`) into `store`
     (a folder or URL) at `size` px; returns {dataset name: task} of the datasets built, in table
     order. `datasets` picks spec names; `client` reuses a Dask client, `address` names a running
     scheduler, else a LocalCluster of `workers` processes runs for the call. Unchanged cases are skipped, so a second call is quick.
+    A recipe with a `held_out` planner (brats-local) plans from the whole data folder and may write
+    derived files: into `derived` (a local folder, never inside `data_root`), by default
+    `derived_folder(store)` beside the store; they are re-used while their sources are unchanged.
     Raises FileNotFoundError when `data_root` is absent and RuntimeError, after ingesting all the
     others, when any case failed."""
     from contextlib import nullcontext
@@ -465,6 +521,9 @@ def build_real_store(
     if not data_root.is_dir():
         raise FileNotFoundError(f"{data_root}: no such data folder (expected the public releases: "
                                 f"{', '.join(sorted({r.folder for r in RECIPES.values()}))})")
+    derived = Path(derived).expanduser().absolute() if derived is not None else derived_folder(store)
+    if derived.resolve().is_relative_to(data_root.resolve()):
+        raise ValueError(f"{derived}: derived files are never written inside the data folder {data_root}")
     chosen = list(datasets) if datasets is not None else list(RECIPES)
     unknown = sorted(set(chosen) - set(RECIPES))
     if unknown:
@@ -478,7 +537,7 @@ def build_real_store(
             if not folder.is_dir():
                 log(f"{name}: skipped, no {recipe.folder}/ in {data_root}")
                 continue
-            plan = recipe.plan(folder)
+            plan = recipe.held_out(data_root, derived, get_spec(recipe.spec), log) if recipe.held_out else recipe.plan(folder)
             report = ingest(plan, store, dask, IngestOptions(size=size))
             counts = report.counts()
             splits = {split: sum(1 for c in plan.cases if c.split == split) for split in ("train", "test")}
@@ -489,3 +548,17 @@ def build_real_store(
     if failures:
         raise RuntimeError(f"{len(failures)} case(s) failed:\n" + "\n".join(failures))
     return built
+
+
+def derived_folder(store) -> Path:
+    """Where `build_real_store` writes derived files by default: `<store>-derived/` beside a local
+    store (`$MVG_HOME/real-store-derived`), `$MVG_HOME/<name>-derived/` for an object-store URL
+    (the files are read by the ingest workers, like the data folder itself)."""
+    from storage.home import mvg_home
+    from storage.location import Location
+
+    location = Location.of(store)
+    if location.is_local:
+        path = Path(location.path)
+        return path.parent / f"{path.name}-derived"
+    return mvg_home() / f"{location.name or 'store'}-derived"

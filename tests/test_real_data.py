@@ -301,6 +301,70 @@ def test_brats_inpainting_shares_one_scaling(shared_data, tmp_path, dask_cluster
     assert volume.target[mask].max() > 0.0  # ... which the ground truth fills
 
 
+BRATS_LOCAL_TRAIN = "brats-synthesis-voided-BraTS-GLI-00001-000"  # derived: see storage.derived
+
+
+def test_brats_local_derived_training_case_is_another_subject_voided_under_the_mask(shared_data, tmp_path):
+    from storage.derived import subject_correlation
+    from storage.recipes import plan_brats_local_held_out
+    from storage.specs import get_spec
+
+    stem = shared_data / "brats-inpainting" / "BraTS-GLI-00001-000"
+    source_path, derived = shared_data / "brats-synthesis" / "t1n.nii.gz", tmp_path / "real-store-derived"
+    lines: list[str] = []
+    plan = plan_brats_local_held_out(shared_data, derived, get_spec("brats-local"), lines.append)
+    assert not plan.problems and {c.case: c.split for c in plan.cases} == {"BraTS-GLI-00001-000": "test", BRATS_LOCAL_TRAIN: "train"}
+    voided_path = derived / "brats-local" / BRATS_LOCAL_TRAIN / f"{BRATS_LOCAL_TRAIN}-t1n-voided.nii.gz"
+
+    # the published case: voided = t1n outside the mask, 0 inside (the voiding the derivation copies)
+    published, mask_image = nib.load(f"{stem}-t1n.nii.gz"), nib.load(f"{stem}-mask.nii.gz")
+    truth, mask = load_nifti(f"{stem}-t1n.nii.gz"), load_nifti(f"{stem}-mask.nii.gz") > 0
+    published_voided = load_nifti(f"{stem}-t1n-voided.nii.gz")
+    assert np.all(published_voided[mask] == 0) and np.array_equal(published_voided[~mask], truth[~mask])
+    # the source: another subject on the same grid
+    source_image = nib.load(source_path)
+    source = np.asanyarray(source_image.dataobj)
+    assert source.shape == truth.shape == mask.shape == (240, 240, 155)
+    assert np.allclose(source_image.affine, published.affine) and np.allclose(source_image.affine, mask_image.affine)
+    assert subject_correlation(source, truth) < 0.5  # 0.32; one subject would be about 1
+    heads = source > 0, truth > 0
+    assert 2 * (heads[0] & heads[1]).sum() / (heads[0].sum() + heads[1].sum()) < 0.8  # brain masks: Dice 0.76
+    # the derived voided image: 0 exactly under the mask, the source t1n elsewhere
+    written = nib.load(voided_path)
+    voided = np.asanyarray(written.dataobj)
+    assert np.array_equal(written.affine, source_image.affine) and voided.shape == source.shape
+    assert np.all(voided[mask] == 0) and np.array_equal(voided[~mask], source[~mask])
+    assert np.count_nonzero(source[mask]) > 0.7 * mask.sum()  # the voided region held brain (74 %)
+
+    stamp = voided_path.stat().st_mtime_ns, voided_path.stat().st_ino
+    plan_brats_local_held_out(shared_data, derived, get_spec("brats-local"), lines.append)
+    assert lines[-1].startswith(f"brats-local: reused training case {BRATS_LOCAL_TRAIN}"), lines
+    assert (voided_path.stat().st_mtime_ns, voided_path.stat().st_ino) == stamp
+
+
+def test_build_real_store_holds_out_the_published_brats_local_case(shared_data, tmp_path, dask_cluster):
+    store, lines = tmp_path / "real-store", []
+    built = build_real_store(shared_data, store, size=BRATS_INPAINTING_SIZE, client=dask_cluster, datasets=["brats-local"], log=lines.append)
+    assert built == {"brats-local": "inpainting"}
+    dataset = ZarrStore(store).dataset("brats-local")
+    assert dataset.cases("train") == [BRATS_LOCAL_TRAIN] and dataset.cases("test") == ["BraTS-GLI-00001-000"]
+    derived = tmp_path / "real-store-derived" / "brats-local" / BRATS_LOCAL_TRAIN
+    assert dataset.record(BRATS_LOCAL_TRAIN).sources == [
+        str(derived / f"{BRATS_LOCAL_TRAIN}-t1n-voided.nii.gz"), str(shared_data / "brats-synthesis" / "t1n.nii.gz"),
+        str(shared_data / "brats-inpainting" / "BraTS-GLI-00001-000-mask.nii.gz"),
+    ]
+    test = dataset.read_volume("BraTS-GLI-00001-000")
+    for volume in (dataset.read_volume(BRATS_LOCAL_TRAIN), test):
+        inside = volume.mask.astype(bool)
+        assert volume.image[inside].max() == 0 and np.array_equal(volume.image[~inside], volume.target[~inside])
+    assert np.array_equal(dataset.read_volume(BRATS_LOCAL_TRAIN).mask, test.mask)  # the one mask, two subjects
+    assert not np.array_equal(dataset.read_volume(BRATS_LOCAL_TRAIN).target, test.target)
+    assert "brats-local (inpainting): 1 train, 1 test; 2 ingested, 0 unchanged, 0 failed" in lines
+    build_real_store(shared_data, store, size=BRATS_INPAINTING_SIZE, client=dask_cluster, datasets=["brats-local"], log=lines.append)
+    assert lines[-2].startswith(f"brats-local: reused training case {BRATS_LOCAL_TRAIN}"), lines
+    assert lines[-1] == "brats-local (inpainting): 1 train, 1 test; 0 ingested, 2 unchanged, 0 failed"
+
+
 def test_brats_edema_segmentation(shared_data, tmp_path, dask_cluster):
     folder = shared_data / "brats-edema"
     plan = plan_release(shared_data, "brats-edema")

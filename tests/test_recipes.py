@@ -351,6 +351,113 @@ def test_brats_local_files(tmp_path):
     assert [p.case for p in plan.problems] == ["BraTS-GLI-00002-000"]
 
 
+# BraTS's SRI24 grid is LPS: x and y flipped, origin at the far corner
+SRI24_LIKE = np.array([[-1.0, 0, 0, 0], [0, -1.0, 0, 11], [0, 0, 1.0, 0], [0, 0, 0, 1]])
+
+
+def brats_data(root: Path, seed: int = 5) -> dict[str, np.ndarray]:
+    """A data folder with a one-case BraTS-Local release (voided t1n, mask, t1n; int16 and float32 as
+    published) and a bare-files synthesis release (float64 t1n of another 'subject'), 12x12x5 voxels."""
+    rng = np.random.default_rng(seed)
+    head = np.zeros((12, 12, 5), bool)
+    head[1:11, 1:11, :] = True
+    local = np.where(head, rng.integers(50, 900, head.shape), 0).astype(np.int16)
+    other = np.where(head, rng.integers(10, 600, head.shape), 0).astype(np.float64)
+    mask = np.zeros(head.shape, np.float32)
+    mask[3:7, 4:9, 1:4] = 1
+    stem = root / "brats-inpainting" / "BraTS-GLI-00001-000"
+    save_nifti(Path(f"{stem}-t1n.nii.gz"), local, SRI24_LIKE)
+    save_nifti(Path(f"{stem}-mask.nii.gz"), mask, SRI24_LIKE)
+    save_nifti(Path(f"{stem}-t1n-voided.nii.gz"), np.where(mask > 0, 0, local).astype(np.float32), SRI24_LIKE)
+    for contrast in ("t1n", "t1c", "t2w", "t2f"):
+        save_nifti(root / "brats-synthesis" / f"{contrast}.nii.gz", other if contrast == "t1n" else other * 2, SRI24_LIKE)
+    return {"local": local, "other": other, "mask": mask}
+
+
+DERIVED_CASE = "brats-synthesis-voided-BraTS-GLI-00001-000"
+
+
+def test_brats_local_held_out_derives_a_training_case_from_another_subject(tmp_path):
+    from storage.derived import file_digest
+    from storage.recipes import plan_brats_local_held_out
+
+    data, derived = tmp_path / "data", tmp_path / "store-derived"
+    arrays = brats_data(data)
+    spec, lines = get_spec("brats-local"), []
+    plan = plan_brats_local_held_out(data, derived, spec, lines.append)
+    assert not plan.problems and cases_by_split(plan) == {"test": ["BraTS-GLI-00001-000"], "train": [DERIVED_CASE]}
+    [train] = [c for c in plan.cases if c.split == "train"]
+    folder = derived / "brats-local" / DERIVED_CASE
+    voided_path = folder / f"{DERIVED_CASE}-t1n-voided.nii.gz"
+    assert [f.path for f in train.channels] == [str(voided_path), str(data / "brats-synthesis" / "t1n.nii.gz")]
+    assert train.label.path == str(data / "brats-inpainting" / "BraTS-GLI-00001-000-mask.nii.gz")  # read in place
+    written = nib.load(voided_path)
+    voided, under = np.asanyarray(written.dataobj), arrays["mask"] > 0
+    assert voided.dtype == np.float64 and np.array_equal(written.affine, SRI24_LIKE)
+    assert np.all(voided[under] == 0) and np.array_equal(voided[~under], arrays["other"][~under])
+    assert np.count_nonzero(arrays["other"][under]) == under.sum(), "the region voided held brain"
+    record = json.loads((folder / "derivation.json").read_text())
+    assert record["version"] == 1 and record["correlations"]["BraTS-GLI-00001-000"] < 0.5
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["derivation.json", voided_path.name])  # nothing left aside
+    assert any(line.startswith(f"brats-local: derived training case {DERIVED_CASE}") for line in lines)
+
+    # unchanged sources: the file is re-used, not rewritten
+    stamp = voided_path.stat().st_mtime_ns, voided_path.stat().st_ino
+    plan_brats_local_held_out(data, derived, spec, lines.append)
+    assert lines[-1].startswith(f"brats-local: reused training case {DERIVED_CASE}")
+    assert (voided_path.stat().st_mtime_ns, voided_path.stat().st_ino) == stamp
+    # written again from the same sources, the bytes are the same (no gzip time stamp): same ingest checksum
+    digest = file_digest(voided_path)
+    voided_path.unlink()
+    plan_brats_local_held_out(data, derived, spec, lines.append)
+    assert "derived training case" in lines[-1] and file_digest(voided_path) == digest
+    # a changed source (another mask) derives again
+    moved = np.roll(arrays["mask"], 2, axis=0)
+    save_nifti(data / "brats-inpainting" / "BraTS-GLI-00001-000-mask.nii.gz", moved, SRI24_LIKE)
+    plan_brats_local_held_out(data, derived, spec, lines.append)
+    assert "derived training case" in lines[-1]
+    voided = np.asanyarray(nib.load(voided_path).dataobj)
+    assert np.all(voided[moved > 0] == 0) and np.array_equal(voided[moved == 0], arrays["other"][moved == 0])
+
+    # the derived case ingests like a published one: its voided region is 0, the rest is its ground truth
+    report, dataset = ingest_serially(plan_brats_local_held_out(data, derived, spec, lines.append), tmp_path / "store", 12)
+    assert report.counts() == {"ingested": 2, "skipped": 0, "failed": 0}
+    assert dataset.cases("train") == [DERIVED_CASE] and dataset.cases("test") == ["BraTS-GLI-00001-000"]
+    volume = dataset.read_volume(DERIVED_CASE)
+    inside = volume.mask.astype(bool)
+    assert inside.sum() == (moved > 0).sum() and volume.image[inside].max() == 0 and volume.target[inside].min() > 0
+    assert np.array_equal(volume.image[~inside], volume.target[~inside])
+
+
+def test_brats_local_held_out_refuses_leaks_and_other_grids(tmp_path):
+    from storage.recipes import plan_brats_local_held_out
+
+    data = tmp_path / "data"
+    arrays = brats_data(data)
+    spec, lines = get_spec("brats-local"), []
+    # the same subject (the test case's own t1n, rescaled) would leak the test case into training
+    save_nifti(data / "brats-synthesis" / "t1n.nii.gz", arrays["local"] * 0.5, SRI24_LIKE)
+    plan = plan_brats_local_held_out(data, tmp_path / "derived", spec, lines.append)
+    assert [c.split for c in plan.cases] == ["test"] and [p.case for p in plan.problems] == [DERIVED_CASE]
+    assert "correlates 1.00 with the held-out BraTS-GLI-00001-000" in plan.problems[0].reason
+    # another grid
+    save_nifti(data / "brats-synthesis" / "t1n.nii.gz", arrays["other"], np.diag([1.0, 1.0, 1.0, 1.0]))
+    [problem] = plan_brats_local_held_out(data, tmp_path / "derived", spec, lines.append).problems
+    assert "affine differs" in problem.reason and not (tmp_path / "derived" / "brats-local" / DERIVED_CASE / "derivation.json").exists()
+    # without brats-synthesis/ the release is planned as `mvg ingest` plans it: one case, train
+    for path in (data / "brats-synthesis").iterdir():
+        path.unlink()
+    plan = plan_brats_local_held_out(data, tmp_path / "derived", spec, lines.append)
+    assert cases_by_split(plan) == {"train": ["BraTS-GLI-00001-000"]} and "planned as published" in lines[-1]
+    assert cases_by_split(plan_dataset(data / "brats-inpainting", "brats-local")) == {"train": ["BraTS-GLI-00001-000"]}
+    # derived files never go into the data folder; by default they sit beside the store
+    with pytest.raises(ValueError, match="never written inside the data folder"):
+        build_real_store(data, tmp_path / "store", datasets=["brats-local"], derived=data / "derived")
+    from storage.recipes import derived_folder
+
+    assert derived_folder(tmp_path / "real-store") == tmp_path / "real-store-derived"
+
+
 def test_brats_edema_nnunet_folder_without_dataset_json(tmp_path):
     root = tmp_path / "brats-edema"
     for n in range(1, 7):

@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test bench bench-acdc real-store clean
+.PHONY: install demo test bench bench-acdc bench-real real-store clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,15 @@ real-store: install
 		$(BIN)/mvg --home "$(MVG_HOME)" real-store --data "$(DATA)" --size $(SIZE); \
 	else \
 		echo "make real-store: skipped: no data folder at $(DATA) (give its path: make real-store DATA=DIR)"; \
+	fi
+
+# 30 minutes of unified training on every release in DATA, then every test split beside its
+# baseline: benchmarks/results/real.json (not part of `make bench`)
+bench-real: install
+	@if [ -d "$(DATA)" ]; then \
+		$(BIN)/python -m benchmarks.real --data "$(DATA)"; \
+	else \
+		echo "make bench-real: skipped: no data folder at $(DATA) (give its path: make bench-real DATA=DIR)"; \
 	fi
 
 clean:

@@ -96,6 +96,7 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny-cpu", help="config preset the overrides apply to")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override (repeatable)")
     parser.add_argument("--name", help="MLflow run name (default: the overrides)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, episodes, masks)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MVG_HOME/mlflow.db)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -115,9 +116,9 @@ def main() -> None:
             steps = max(50, int(args.minutes * 60 * rate / config.optim.batch_size))
             print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {args.minutes} min")
         config = config.with_overrides(optim={"steps": steps, "warmup_steps": max(config.optim.warmup_steps, steps // 50)})
-        mlflow.log_params({"preset": args.preset, "steps": steps, **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
+        mlflow.log_params({"preset": args.preset, "steps": steps, "seed": args.seed, **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
         began = time.perf_counter()
-        trained = train(config, [store], log_every=50, on_log=lambda row: print(
+        trained = train(config, [store], log_every=50, seed=args.seed, on_log=lambda row: print(
             f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s)", flush=True))
         train_s = time.perf_counter() - began
         torch.save(trained.model.state_dict(), args.out.with_suffix(".pt"))  # for a look at its raw paintings

@@ -37,6 +37,7 @@ class ModelConfig:
     # to the query by soft correspondence of ViT features (mvg.model.PromptReadout)
     prompt_readout: bool = False
     readout_heads: int = 1  # prompt read-out: independent correspondences, each one carried image
+    readout_cosine: bool = False  # prompt read-out: cosine similarity at a learned temperature
     # "paper" decoder only: 0 = as the paper; > 0 adds a full-resolution conv stem over the pair's image
     pixel_skip_channels: int = 0
 

@@ -150,6 +150,10 @@ class PromptReadout(nn.Module):
         self.patch, self.grid, self.heads = config.patch_size, config.grid, config.readout_heads
         self.query = nn.Linear(4 * config.embed_dim, dim * self.heads)
         self.key = nn.Linear(4 * config.embed_dim, dim * self.heads)
+        # cosine similarity at a learned temperature (as CLIP's logit scale): starting at 10, the
+        # matching is sharp enough to carry distinct levels from the first steps, where scaled
+        # dot products of small initial projections would average the whole prompt
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0))) if config.readout_cosine else None
 
     def forward(self, query_features: torch.Tensor, prompt_features: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
         """query_features (B, T, 4D), prompt_features (B, k * T, 4D) of the prompt images, prompt
@@ -159,7 +163,11 @@ class PromptReadout(nn.Module):
         queries = self.query(query_features).reshape(batch, tokens, heads, -1).transpose(1, 2)
         keys = self.key(prompt_features).expand(batch, -1, -1)
         keys = keys.reshape(batch, keys.shape[1], heads, -1).transpose(1, 2)
-        weights = torch.softmax(queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1]), dim=-1)  # (B, h, T, kT)
+        if self.logit_scale is not None:
+            logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(-1, -2) * self.logit_scale.clamp(max=math.log(100.0)).exp()
+        else:
+            logits = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
+        weights = torch.softmax(logits, dim=-1)  # (B, heads, T, k * T)
         pairs = prompt_targets.shape[1]
         values = prompt_targets.to(weights.dtype).expand(batch, -1, -1, -1, -1).reshape(batch, pairs, grid, patch, grid, patch)
         values = values.permute(0, 1, 2, 4, 3, 5).reshape(batch, 1, pairs * grid * grid, patch * patch)

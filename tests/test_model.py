@@ -142,10 +142,11 @@ def test_skip_decoders_paint_from_the_pairs_own_pixels(decoder):
         model.decoder(features)
 
 
-def test_prompt_readout_carries_the_prompts_own_levels():
+@pytest.mark.parametrize("cosine", [False, True])
+def test_prompt_readout_carries_the_prompts_own_levels(cosine):
     """The carried target is a convex combination of prompt target pixels: a flat prompt target
     of level L carries L everywhere, and scaling the prompt's levels scales what is carried."""
-    model = tiny(decoder="unet", prompt_readout=True, readout_heads=2)
+    model = tiny(decoder="unet", prompt_readout=True, readout_heads=2, readout_cosine=cosine)
     config = model.config
     generator = torch.Generator().manual_seed(3)
     query = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim, generator=generator)

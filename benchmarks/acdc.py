@@ -31,7 +31,7 @@ import mlflow
 import torch
 from PIL import Image
 
-from benchmarks.common import machine, scratch, write_result
+from benchmarks.common import budgeted, machine, scratch, write_result
 from flows.cli import parse_overrides
 from mvg.config import preset
 from mvg.tracking import tracking_uri
@@ -108,14 +108,8 @@ def main() -> None:
         store = build_store(args.data, work, args.size)
         ingest_s = time.perf_counter() - started
         config = preset(args.preset).with_overrides(**parse_overrides(args.set))
-        if args.steps:
-            steps = args.steps
-        else:
-            calibration = train(config.with_overrides(optim={"steps": 20}), [store], log_every=10)
-            rate = calibration.history[-1]["episodes_per_s"]  # the second window: past the first-step costs
-            steps = max(50, int(args.minutes * 60 * rate / config.optim.batch_size))
-            print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {args.minutes} min")
-        config = config.with_overrides(optim={"steps": steps, "warmup_steps": max(config.optim.warmup_steps, steps // 50)})
+        config = budgeted(config, [store], args.minutes, args.steps)
+        steps = config.optim.steps
         mlflow.log_params({"preset": args.preset, "steps": steps, "seed": args.seed, **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
         began = time.perf_counter()
         trained = train(config, [store], log_every=50, seed=args.seed, on_log=lambda row: print(

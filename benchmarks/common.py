@@ -32,3 +32,17 @@ def write_result(out: Path, results: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")
+
+
+def budgeted(config, stores: list, minutes: float, steps: int | None = None, calibration_steps: int = 30):
+    """`config` with its schedule stretched to `steps`, or to the steps that fit `minutes` of
+    training at the speed a short calibration run measures (its second log window, past the
+    first steps' costs); warm-up at least 2 % of the steps."""
+    from mvg.train import train
+
+    if not steps:
+        calibration = train(config.with_overrides(optim={"steps": calibration_steps}), stores, log_every=calibration_steps // 2)
+        rate = calibration.history[-1]["episodes_per_s"]
+        steps = max(50, int(minutes * 60 * rate / config.optim.batch_size))
+        print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {minutes:g} min", flush=True)
+    return config.with_overrides(optim={"steps": steps, "warmup_steps": max(config.optim.warmup_steps, steps // 50)})

@@ -28,7 +28,7 @@ import mlflow
 import torch
 from PIL import Image
 
-from benchmarks.common import machine, scratch, write_result
+from benchmarks.common import budgeted, machine, scratch, write_result
 from flows.cli import parse_overrides
 from mvg.config import preset
 from mvg.evaluation import BASELINE_BY_TASK, MASKED, MODEL, DatasetEvaluation, evaluate_dataset, tables, to_markdown
@@ -135,14 +135,8 @@ def main() -> None:
         ingest_s = time.perf_counter() - started
         print(f"store: {len(built)} datasets in {ingest_s:.0f} s", flush=True)
 
-        if args.steps:
-            steps = args.steps
-        else:
-            calibration = train(config.with_overrides(optim={"steps": 30}), [store], log_every=15)
-            rate = calibration.history[-1]["episodes_per_s"]  # the second window: past the first-step costs
-            steps = max(50, int(args.minutes * 60 * rate / config.optim.batch_size))
-            print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {args.minutes:g} min", flush=True)
-        config = config.with_overrides(optim={"steps": steps, "warmup_steps": max(config.optim.warmup_steps, steps // 50)})
+        config = budgeted(config, [store], args.minutes, args.steps)
+        steps = config.optim.steps
         mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes,
                            **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
         began = time.perf_counter()

@@ -106,6 +106,8 @@ def colouring_for(
             return Colouring({})
         return binary(int(rng.choice(classes)))
     if scheme == "random":
+        if len(classes) > PALETTE_SIZE:  # e.g. a 24-organ CT slice: a random subset is shown, the rest stay background
+            classes = sorted(int(c) for c in rng.choice(classes, size=PALETTE_SIZE, replace=False))
         return random_colouring(classes, rng)
     if scheme == "predefined":
         if table is None or dataset is None:

@@ -105,7 +105,12 @@ class UNetDecoder(nn.Module):
             )
             for level in range(levels)
         )
-        self.out = nn.Conv2d(widths[0], 1, 1)
+        # with `image_residual` a second channel gates the pair's image into the painting:
+        # out = painted + sigmoid(gate) * image. Denoising and inpainting then start near the
+        # identity (their targets are mostly the input), and segmentation learns to close the gate;
+        # which task it is, the model reads from the prompt pair, as everything else
+        self.residual = config.image_residual
+        self.out = nn.Conv2d(widths[0], 2 if self.residual else 1, 1)
 
     def forward(self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None) -> torch.Tensor:
         """features (B, T, 4D) of one image's tokens and the pair's image (B, 1, H, W) -> (B, 1, H, W);
@@ -124,7 +129,10 @@ class UNetDecoder(nn.Module):
             x = F.interpolate(x, size=skips[level].shape[-2:], mode="bilinear", align_corners=False)
             joined = [x, skips[level]] + ([image] + ([carried.to(x.dtype)] if carried is not None else []) if level == 0 else [])
             x = self.up[level](torch.cat(joined, dim=1))
-        return self.out(x)
+        if not self.residual:
+            return self.out(x)
+        painted, gate = self.out(x).split(1, dim=1)
+        return painted + torch.sigmoid(gate) * image
 
 
 def _conv_pair(channels_in: int, channels_out: int, stride: int = 1, norm: bool = False) -> nn.Sequential:

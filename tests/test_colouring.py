@@ -69,3 +69,17 @@ def test_invalid_colourings_are_refused():
         random_colouring(list(range(1, PALETTE_SIZE + 2)), np.random.default_rng(0))
     with pytest.raises(ValueError, match="unknown colouring"):
         colouring_for("rainbow", [1], np.random.default_rng(0))
+
+
+def test_random_colouring_of_more_classes_than_the_palette_shows_a_subset():
+    """A 24-organ CT slice: one episode colours PALETTE_SIZE of its classes at distinct levels and
+    leaves the others background, in prompt and query alike."""
+    classes = list(range(1, 25))
+    rng = np.random.default_rng(0)
+    colouring = colouring_for("random", classes, rng)
+    assert len(colouring.levels) == PALETTE_SIZE and set(colouring.levels) <= set(classes)
+    assert len(set(colouring.levels.values())) == PALETTE_SIZE
+    labels = np.arange(25).reshape(5, 5)
+    coloured = colouring.colour(labels)
+    hidden = [c for c in classes if c not in colouring.levels]
+    assert np.all(coloured[np.isin(labels, hidden)] == 0)

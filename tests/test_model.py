@@ -114,7 +114,7 @@ def test_prompt_cache_equals_reencoding(pairs):
 
 
 @pytest.mark.parametrize("decoder", [{"decoder": "paper"}, {"decoder": "paper", "pixel_skip_channels": 8}, {"decoder": "unet"}, {"decoder": "unet", "fuse_pairs": True},
-                                     {"decoder": "unet", "prompt_readout": True}])
+                                     {"decoder": "unet", "prompt_readout": True, "image_residual": True}])
 def test_every_decoder_keeps_the_prompt_cache_exact_and_block_causality(decoder):
     model = tiny(**decoder)
     px, py, x, _ = images(2, 1)
@@ -171,6 +171,21 @@ def test_prompt_readout_paints_the_query_from_the_prompt_target():
     changed_prompt_out, changed_query_out = model.forward_ar(px, 1 - py, x)
     assert torch.equal(prompt_out, changed_prompt_out), "Py_1 is painted from Px_1 alone"
     assert not torch.allclose(query_out, changed_query_out)
+
+
+def test_image_residual_gate_opens_to_the_identity_and_closes_to_the_painting():
+    model = tiny(decoder="unet", image_residual=True)
+    config = model.config
+    features = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim)
+    image = torch.rand(2, 1, config.image_size, config.image_size)
+    with torch.no_grad():
+        model.decoder.out.weight.zero_()
+        model.decoder.out.bias.copy_(torch.tensor([0.25, 30.0]))  # painted 0.25, gate wide open
+        assert torch.allclose(model.decoder(features, image), 0.25 + image, atol=1e-6)
+        model.decoder.out.bias.copy_(torch.tensor([0.25, -30.0]))  # gate shut: the painting alone
+        assert torch.allclose(model.decoder(features, image), torch.full_like(image, 0.25), atol=1e-6)
+    with pytest.raises(ValueError, match="image_residual"):
+        preset("tiny-cpu").with_overrides(model={"decoder": "paper", "image_residual": True})
 
 
 def test_unet_decoder_needs_a_power_of_two_patch():

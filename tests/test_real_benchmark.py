@@ -1,0 +1,43 @@
+"""The real-data benchmark's judgement of each dataset against the issue's targets (benchmarks/real.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmarks.real import MIN_TEST_CASES, judge, quality_table
+from mvg.evaluation import COPY_PROMPT, IDENTITY, MASKED, MODEL, Aggregate, DatasetEvaluation
+
+
+def evaluation(dataset: str, task: str, scores: dict[str, dict[str, float]], cases: int = 10) -> DatasetEvaluation:
+    rows = [{"dataset": dataset, "task": task, "case": f"case{i}", "draw": 0, "method": MODEL} for i in range(cases)]
+    summary = {method: {metric: Aggregate(value, math.nan, (value,)) for metric, value in metrics.items()}
+               for method, metrics in scores.items()}
+    return DatasetEvaluation(dataset, task, 1, 1, 0, rows, tuple(next(iter(scores.values()))), summary, np.zeros((1, 1, 3), np.uint8))
+
+
+def test_acdc_is_judged_on_its_absolute_target():
+    met = judge(evaluation("acdc", "segmentation", {MODEL: {"mIoU": 0.56}, COPY_PROMPT: {"mIoU": 0.12}}))
+    missed = judge(evaluation("acdc", "segmentation", {MODEL: {"mIoU": 0.30}, COPY_PROMPT: {"mIoU": 0.12}}))
+    assert [row["met"] for row in met] == [True] and [row["met"] for row in missed] == [False]
+    assert missed[0]["required"] == 0.55 and math.isclose(missed[0]["difference"], 0.18)
+
+
+def test_other_segmentation_needs_copy_prompt_plus_a_fifth_unless_too_few_cases():
+    scores = {MODEL: {"mIoU": 0.75}, COPY_PROMPT: {"mIoU": 0.60}}
+    [row] = judge(evaluation("jsrt", "segmentation", scores))
+    assert row["met"] is False and math.isclose(row["required"], 0.80)
+    [tiny] = judge(evaluation("cxr", "segmentation", scores, cases=MIN_TEST_CASES - 1))
+    assert tiny["met"] is None and tiny["required"] is None
+
+
+def test_image_targets_need_every_figure():
+    inpainting = {MODEL: {"PSNR": 29.0, f"PSNR{MASKED}": 15.0}, IDENTITY: {"PSNR": 29.4, f"PSNR{MASKED}": 2.0}}
+    rows = judge(evaluation("brats-local", "inpainting", inpainting, cases=1))
+    assert [(row["metric"], row["met"]) for row in rows] == [(f"PSNR{MASKED}", True), ("PSNR", True)]
+    synthesis = {MODEL: {"PSNR": 20.0, "SSIM": 0.5}, IDENTITY: {"PSNR": 16.0, "SSIM": 0.6}}
+    rows = judge(evaluation("brats2013", "synthesis", synthesis, cases=2))
+    assert [(row["metric"], row["met"]) for row in rows] == [("PSNR", True), ("SSIM", False)]
+    table = quality_table(rows)
+    assert "| brats2013 | SSIM | 0.500 | identity 0.600 | -0.100 |" in table and "**no**" in table

@@ -38,6 +38,7 @@ class ModelConfig:
     prompt_readout: bool = False
     readout_heads: int = 1  # prompt read-out: independent correspondences, each one carried image
     readout_cosine: bool = False  # prompt read-out: cosine similarity at a learned temperature
+    readout_position_prior: float = 0.0  # prompt read-out: initial bias towards the same place (0 = none)
     # Departure from the paper, unet decoder only: a learned per-pixel gate adds the pair's own
     # image to the painting (mvg.model.UNetDecoder)
     image_residual: bool = False

@@ -162,6 +162,16 @@ class PromptReadout(nn.Module):
         # matching is sharp enough to carry distinct levels from the first steps, where scaled
         # dot products of small initial projections would average the whole prompt
         self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0))) if config.readout_cosine else None
+        # a learned bias towards the prompt patch at the query patch's own place (a Gaussian of
+        # their grid distance, one patch wide) starting at `readout_position_prior`: medical
+        # images of one kind are roughly aligned, so the read-out starts as copy-the-prompt and
+        # learns where to look elsewhere
+        self.position_prior = (
+            nn.Parameter(torch.tensor(float(config.readout_position_prior))) if config.readout_position_prior else None
+        )
+        rows, columns = torch.meshgrid(torch.arange(self.grid), torch.arange(self.grid), indexing="ij")
+        places = torch.stack([rows.flatten(), columns.flatten()], dim=1).float()
+        self.register_buffer("closeness", torch.exp(-torch.cdist(places, places) ** 2 / 2), persistent=False)
 
     def forward(self, query_features: torch.Tensor, prompt_features: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
         """query_features (B, T, 4D), prompt_features (B, k * T, 4D) of the prompt images, prompt
@@ -175,8 +185,10 @@ class PromptReadout(nn.Module):
             logits = F.normalize(queries, dim=-1) @ F.normalize(keys, dim=-1).transpose(-1, -2) * self.logit_scale.clamp(max=math.log(100.0)).exp()
         else:
             logits = queries @ keys.transpose(-1, -2) / math.sqrt(queries.shape[-1])
-        weights = torch.softmax(logits, dim=-1)  # (B, heads, T, k * T)
         pairs = prompt_targets.shape[1]
+        if self.position_prior is not None:
+            logits = logits + self.position_prior * self.closeness.repeat(1, pairs).to(logits.dtype)
+        weights = torch.softmax(logits, dim=-1)  # (B, heads, T, k * T)
         values = prompt_targets.to(weights.dtype).expand(batch, -1, -1, -1, -1).reshape(batch, pairs, grid, patch, grid, patch)
         values = values.permute(0, 1, 2, 4, 3, 5).reshape(batch, 1, pairs * grid * grid, patch * patch)
         carried = (weights @ values).reshape(batch, heads, grid, grid, patch, patch).permute(0, 1, 2, 4, 3, 5)

@@ -309,3 +309,16 @@ def test_tiny_model_overfits_phantom_episodes():
     truth = data["labels"][row] == organ
     iou = ((decoded == organ) & truth).sum() / ((decoded == organ) | truth).sum()
     assert iou > 0.9, iou
+
+
+def test_prompt_readout_position_prior_starts_as_copy_the_prompt():
+    """With a strong prior towards the same place, the carried target is the prompt target itself
+    (copy-the-prompt), whatever the features say; the prior is a parameter the model can unlearn."""
+    model = tiny(decoder="unet", prompt_readout=True, readout_position_prior=50.0)
+    config = model.config
+    query = torch.randn(1, config.tokens_per_image, 4 * config.embed_dim)
+    prompts = torch.randn(1, config.tokens_per_image, 4 * config.embed_dim)
+    target = torch.rand(1, 1, 1, config.image_size, config.image_size)
+    with torch.no_grad():
+        assert torch.allclose(model.readout(query, prompts, target)[0, 0], target[0, 0, 0], atol=1e-4)
+    assert model.readout.position_prior.requires_grad

@@ -300,13 +300,6 @@ class EpisodeSampler:
 
     # ------------------------------------------------------------------ reproducibility
 
-    def _dataset_index(self, task: str, rng: np.random.Generator) -> int:
-        candidates = self.by_task[task]
-        if self.data.dataset_weighting == "uniform":
-            return int(rng.integers(len(candidates)))
-        sizes = np.sqrt([sum(d.slices) for d in candidates])  # "sqrt-slices"
-        return int(np.searchsorted(np.cumsum(sizes / sizes.sum()), rng.random(), side="right").clip(max=len(candidates) - 1))
-
     def state_dict(self) -> dict:
         """The RNG state, for checkpoints: `load_state_dict` resumes the same episode sequence."""
         return {"seed": self.seed, "rank": self.rank, "worker": self.worker, "rng": self.rng.bit_generator.state}
@@ -315,6 +308,14 @@ class EpisodeSampler:
         self.rng.bit_generator.state = state["rng"]
 
     # ------------------------------------------------------------------ sampling
+
+    def _dataset_index(self, task: str, rng: np.random.Generator) -> int:
+        """Which of the task's datasets: by `DataConfig.dataset_weighting` (module docstring, step 2)."""
+        candidates = self.by_task[task]
+        if self.data.dataset_weighting == "uniform":
+            return int(rng.integers(len(candidates)))
+        sizes = np.sqrt([sum(d.slices) for d in candidates])  # "sqrt-slices"
+        return int(np.searchsorted(np.cumsum(sizes / sizes.sum()), rng.random(), side="right").clip(max=len(candidates) - 1))
 
     def sample(self) -> Episode:
         """One episode. `source` records where it came from: dataset, query and prompts as

@@ -13,6 +13,12 @@ The same encoder serves both objectives of the paper (3.3):
 
 Inference runs the autoregressive path. Prompts never attend to the query, so their keys and values
 are computed once and reused for every query slice that shares them (`encode_prompts`).
+
+Departures from the paper, each a `ModelConfig` option that `base` and `large` leave off (`tiny-cpu`
+turns on the first three, measured at its budget): `UNetDecoder` (the ViT as the bottleneck of a
+small U-Net over the pair's own image), `PromptReadout` (prompt targets carried to the query by
+soft correspondence), a gated image residual, and, measured but not kept, a pixel skip into the
+paper's decoder and target tokens fused with their image's patches.
 """
 
 from __future__ import annotations

@@ -96,7 +96,8 @@ class UNetDecoder(nn.Module):
         super().__init__()
         self.grid = config.grid
         levels = int(math.log2(config.patch_size))  # patch 8: pixels, 1/2, 1/4; the ViT at 1/8
-        extra = 1 + (config.readout_heads if config.prompt_readout else 0)  # the image, and the carried prompt targets
+        self.carried_channels = config.readout_heads if config.prompt_readout else 0
+        extra = 1 + self.carried_channels  # the image, and the carried prompt targets
         widths = [min(config.skip_channels * 2**level, 128) for level in range(levels)]  # finest first
         self.encoder = nn.ModuleList(
             _conv_pair(1 if level == 0 else widths[level - 1], widths[level], stride=1 if level == 0 else 2)
@@ -127,6 +128,8 @@ class UNetDecoder(nn.Module):
         batch = features.shape[0]
         x = self.project(features).transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
         image = image.to(x.dtype)
+        if self.carried_channels and carried is None:  # nothing to read (no prompt before this image)
+            carried = image.new_zeros(batch, self.carried_channels, *image.shape[-2:])
         skips, level_input = [], image
         for encode in self.encoder:
             level_input = encode(level_input)

@@ -21,8 +21,11 @@ def store(phantom_store):
 
 def test_training_lowers_the_loss_and_logs_what_it_did(store):
     logged = []
-    result = train(CONFIG, [store], log_every=5, on_log=logged.append)
-    assert result.step == 60 and [row["step"] for row in logged] == list(range(5, 61, 5))
+    # 100 steps: tiny-cpu's gated image residual starts nearer the targets (a lower first loss),
+    # so 60 steps halved less of it (0.115 -> 0.072)
+    config = CONFIG.with_overrides(optim={"steps": 100})
+    result = train(config, [store], log_every=5, on_log=logged.append)
+    assert result.step == 100 and [row["step"] for row in logged] == list(range(5, 101, 5))
     first, last = logged[0]["loss"], sum(row["loss"] for row in logged[-3:]) / 3
     assert last < 0.6 * first, (first, last)
     assert max(row["lr"] for row in logged) == pytest.approx(CONFIG.optim.lr, rel=0.05)

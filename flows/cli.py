@@ -1,4 +1,4 @@
-"""The `mvg` command: the outer face of the pipeline (contract in DESIGN.md).
+"""The `mvg` command: the outer face of the pipeline (contract: README, "Command line").
 
 Every command has `--help`; errors go to stderr with a non-zero exit status.
 """

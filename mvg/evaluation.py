@@ -34,7 +34,7 @@ The protocol, and our decisions where the paper is silent:
   mIoU 0.41 by the bilinear route and 0.54 by decoding first, as much as the copy-the-prompt
   baseline (0.54): the bilinear route would cap the model below the baseline for a reason that
   has nothing to do with the model.
-- Baselines (DESIGN, "Measuring"): segmentation is compared with copy-the-prompt (the first prompt
+- Baselines (README, "Benchmarks"): segmentation is compared with copy-the-prompt (the first prompt
   pair's target slice at the same relative depth, resized to the query by nearest pixel), the image
   tasks with identity (the query image itself). They tell whether the model beats doing nothing.
 - Metrics (`mvg.metrics`): segmentation IoU and Dice per class over the volume, then the mean over

@@ -8,7 +8,7 @@ reference are compared exactly as given.
 Conventions (the paper names the metrics, not their edge cases):
 
 - IoU and Dice are counted per class over the whole volume; mIoU is then the mean over classes of one
-  volume (DESIGN: "per class per volume then mean"). A class absent from both prediction and truth has
+  volume (per class per volume, then the mean). A class absent from both prediction and truth has
   no overlap to measure and is NaN: scoring it 1 would reward every volume that simply lacks the organ,
   scoring it 0 would punish a correct empty prediction. `mean_over_classes` skips NaN. A class that is
   predicted but absent from the truth (or present but missed) scores 0.

@@ -11,7 +11,7 @@ Format of a logged `mvg` model (what a fresh environment needs to paint with it)
 - explicit pip requirements and a tensor signature with `task` and `batch_size` params.
 
 We log through `mlflow.pyfunc` rather than `mlflow.pytorch.log_model`, which exports with
-torch.export by default and infers requirements slowly and without timm (DESIGN.md, pitfalls).
+torch.export by default and infers requirements slowly and without timm.
 """
 
 from __future__ import annotations

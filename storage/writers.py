@@ -9,7 +9,7 @@ up with it voxel for voxel, so a viewer overlays a prediction on its input witho
   axis, as `read_picture` reads them, so a PNG input comes back with its own width and height.
 
 Label maps keep integer types (the smallest unsigned one that holds the values). Images in [0, 1]
-are float32 in NIfTI and 16-bit grey in PNG: 8 bits would cap PSNR near 59 dB (DESIGN.md), 16 bits
+are float32 in NIfTI and 16-bit grey in PNG: 8 bits would cap PSNR near 59 dB, 16 bits
 keep steps of 1.5e-5.
 
 Every write goes to a temporary file beside the output and is renamed into place, so a failure

@@ -23,6 +23,10 @@ SCHEMES = ("binary", "predefined", "random")
 PALETTE_SIZE = 16  # random colouring draws from 1/16, 2/16, ..., 1: far enough apart to decode
 
 
+# Label values up to this are coloured through a lookup table (256 KiB); larger ones class by class.
+LOOKUP_LIMIT = 1 << 16
+
+
 @dataclass(frozen=True)
 class Colouring:
     """class id -> grey level in (0, 1]; background (0) is always level 0."""
@@ -37,10 +41,23 @@ class Colouring:
 
     def colour(self, labels: np.ndarray) -> np.ndarray:
         """Label map -> float32 target image; classes without a level stay background."""
-        lookup = np.zeros(int(max(labels.max(initial=0), max(self.levels, default=0))) + 1, dtype=np.float32)
+        top = int(max(labels.max(initial=0), max(self.levels, default=0)))
+        if top > LOOKUP_LIMIT:
+            return self.colour_by_class(labels)
+        lookup = np.zeros(top + 1, dtype=np.float32)
         for value, level in self.levels.items():
             lookup[value] = level
         return np.take(lookup, labels)
+
+    def colour_by_class(self, labels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """`colour` by one comparison per class: for uint32 label values, where a lookup table as
+        long as the largest value (up to 4e9 entries) would not fit in memory."""
+        if out is None:
+            out = np.empty(labels.shape, dtype=np.float32)
+        out[...] = 0
+        for value, level in self.levels.items():
+            out[labels == value] = level
+        return out
 
     def decode(self, prediction: np.ndarray, prompt_target: np.ndarray) -> np.ndarray:
         """Predicted target image -> class ids, by nearest level among background and the levels

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from mvg.colouring import Colouring, PredefinedTable, colouring_for
+from mvg.colouring import LOOKUP_LIMIT, Colouring, PredefinedTable, colouring_for
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
 from storage.location import Location
 from storage.shards import SliceReader
@@ -444,6 +444,8 @@ def colour_into(colouring: Colouring, labels: np.ndarray, out: np.ndarray) -> np
     """`colouring.colour(labels)` written into `out`: the same lookup, through np.take, which
     reads uint8 indices directly (2x faster than fancy indexing on a 448 x 448 crop)."""
     top = np.iinfo(labels.dtype).max if labels.dtype.itemsize <= 2 else int(labels.max(initial=0))
+    if max(top, *colouring.levels, 0) > LOOKUP_LIMIT:  # uint32 labels: a table that long would not fit
+        return colouring.colour_by_class(labels, out)
     lookup = np.zeros(max(top, *colouring.levels, 0) + 1, dtype=np.float32)
     for value, level in colouring.levels.items():
         lookup[value] = level
@@ -566,6 +568,8 @@ def export_pngs(store_root: str | Path, out_dir: str | Path, datasets: Sequence[
                     continue
                 if np.issubdtype(stack.dtype, np.floating):
                     stack = np.round(np.clip(stack.astype(np.float32), 0, 1) * 255).astype(np.uint8)
+                elif stack.max(initial=0) > np.iinfo(np.uint16).max:  # a cast would wrap the label
+                    raise ValueError(f"{name}/{case}: label value {stack.max()} does not fit a 16-bit PNG")
                 elif stack.max(initial=0) > 255:
                     stack = stack.astype(np.uint16)
                 else:

@@ -273,14 +273,17 @@ def _read_labels(source: CaseSource, image: Scan, spec: DatasetSpec) -> np.ndarr
         return None
     if source.label_parts:
         masks = [(value, _label_scan(part, image).array) for value, part in source.label_parts]
-        return preprocess.merge_binary_masks(masks, image.array.shape)
+        try:
+            return preprocess.merge_binary_masks(masks, image.array.shape)
+        except ValueError as error:
+            raise CaseError(source.label_parts[0][1].path, f"case {source.case}: {error}") from None
     scan = _label_scan(source.label, image)
     try:
         labels = preprocess.integer_labels(scan.array)
         if spec.label_map:
             labels = preprocess.map_labels(labels, spec.label_map)
     except ValueError as error:
-        raise CaseError(scan.path, str(error)) from None
+        raise CaseError(scan.path, f"case {source.case}: {error}") from None
     if spec.label_role == "mask":
         return (labels > 0).astype(np.uint8)
     return labels

@@ -73,18 +73,37 @@ def resize_slices(volume: np.ndarray, size: int, labels: bool = False) -> np.nda
     return ndimage.zoom(volume.astype(np.float32, copy=False), zoom, order=1, mode="nearest", grid_mode=True)
 
 
+LABEL_DTYPES = (np.uint8, np.uint16, np.uint32)
+
+
+def label_dtype(top: int) -> np.dtype:
+    """The smallest stored label type that holds values up to `top`. Past uint32 is refused rather
+    than cast: a cast wraps silently (70000 became 4464 in uint16), which corrupts the labels."""
+    for dtype in LABEL_DTYPES:
+        if top <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    raise ValueError(f"label value {top} does not fit a stored label map (at most {np.iinfo(np.uint32).max})")
+
+
 def integer_labels(labels: np.ndarray) -> np.ndarray:
-    """Label maps as the smallest unsigned integer type; refuses fractional values."""
+    """Label maps as the smallest unsigned integer type that holds them; refuses fractional and
+    negative values and values past uint32, naming the value."""
     if not np.issubdtype(labels.dtype, np.integer):
         rounded = np.rint(labels)
         if not np.array_equal(rounded, labels):
             raise ValueError("label map has non-integer values")
         labels = rounded
-    if labels.size and labels.min() < 0:
-        raise ValueError(f"label map has negative values (min {labels.min()})")
-    top = int(labels.max()) if labels.size else 0
-    dtype = np.uint8 if top < 256 else np.uint16
-    return labels.astype(dtype)
+    if not labels.size:
+        return labels.astype(np.uint8)
+    lowest, top = labels.min(), labels.max()
+    if lowest < 0:
+        raise ValueError(f"label map has negative values (min {_exact(lowest)})")
+    return labels.astype(label_dtype(_exact(top)))
+
+
+def _exact(value) -> int | float:
+    """A label value as Python prints it exactly: an int when it is one, so 70000.0 reads 70000."""
+    return int(value) if float(value).is_integer() else float(value)
 
 
 def map_labels(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
@@ -94,7 +113,7 @@ def map_labels(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
     unknown = sorted(int(v) for v in present if v != 0 and int(v) not in mapping)
     if unknown:
         raise ValueError(f"label values {unknown} are not in the spec's label map {dict(sorted(mapping.items()))}")
-    table = np.zeros(int(present.max(initial=0)) + 1, dtype=np.uint8 if max(mapping.values(), default=0) < 256 else np.uint16)
+    table = np.zeros(int(present.max(initial=0)) + 1, dtype=label_dtype(max(mapping.values(), default=0)))
     for value, target in mapping.items():
         if value < len(table):
             table[value] = target
@@ -103,7 +122,7 @@ def map_labels(labels: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
 
 def merge_binary_masks(masks: list[tuple[int, np.ndarray]], shape: tuple[int, ...]) -> np.ndarray:
     """Binary per-class masks -> one label map; where masks overlap the later class wins."""
-    merged = np.zeros(shape, dtype=np.uint8 if max((v for v, _ in masks), default=0) < 256 else np.uint16)
+    merged = np.zeros(shape, dtype=label_dtype(max((v for v, _ in masks), default=0)))
     for value, mask in masks:
         merged[mask != 0] = value
     return merged
@@ -111,7 +130,10 @@ def merge_binary_masks(masks: list[tuple[int, np.ndarray]], shape: tuple[int, ..
 
 def slice_classes(labels: np.ndarray) -> list[list[int]]:
     """Foreground classes present in each slice: the sampler uses them to prefer informative slices.
-    `find_objects` scans a slice once in C without widening uint8 to intp, unlike bincount."""
+    `find_objects` scans a slice once in C without widening uint8 to intp, unlike bincount; it
+    lists every value up to the largest, so uint32 labels (up to 4e9) are listed by np.unique."""
+    if labels.dtype.itemsize > 2:
+        return [[int(value) for value in np.unique(plane) if value != 0] for plane in labels]
     return [
         [value for value, box in enumerate(ndimage.find_objects(plane), start=1) if box is not None]
         for plane in labels

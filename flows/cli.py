@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--name", help="dataset name in the store (default: the spec's)")
     ingest.add_argument("--input-channel", type=int, help="channel of multi-channel cases used as input")
     ingest.add_argument("--target-channel", type=int, help="channel used as target (synthesis, denoising)")
+    ingest.add_argument("--root", type=Path, help="folder a manifest's paths start from and must stay inside (default: the manifest's folder)")
     ingest.set_defaults(run=run_ingest)
 
     real = commands.add_parser("real-store", help="ingest every public release found in a data folder (recipes: mvg datasets)")
@@ -76,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     store.add_argument("--json", action="store_true")
     store.add_argument("--preview", type=Path, metavar="DIR", help="also write a PNG montage per dataset to DIR")
+    store.add_argument("--verify", action="store_true",
+                       help="instead, read every shard and check its index, slice checksums and shape; list the broken ones (exit 1 if any)")
+    store.add_argument("--datasets", nargs="+", metavar="D", help="with --verify: only these datasets (default: all)")
     store.set_defaults(run=run_store)
 
     train = commands.add_parser("train", help="train on the store with Ray Train; register model `mvg` as @candidate")
@@ -186,6 +190,7 @@ def run_ingest(args) -> int:
         str(args.source), spec=args.spec, store=str(args.store or store_root()), workers=args.workers,
         dask_address=args.dask_address, size=args.size, name=args.name, input_channel=args.input_channel,
         target_channel=args.target_channel, progress=True, return_state=True,
+        root=str(args.root) if args.root else None,
     )
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):  # the flow itself crashed (bad folder, unknown spec ...)
@@ -319,6 +324,8 @@ def run_store(args) -> int:
     from storage.store import ZarrStore
 
     root = args.store or store_root()
+    if args.verify:
+        return run_verify(root, args.datasets)
     summary = ZarrStore(root).summary()
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -335,6 +342,18 @@ def run_store(args) -> int:
         for path in write_previews(root, args.preview):
             print(f"preview: {path}")
     return 0
+
+
+def run_verify(root: str, datasets: list[str] | None) -> int:
+    """Every broken shard on a line of its own, naming dataset/case/role, the slice and the file."""
+    from storage.verify import verify_store
+
+    check = verify_store(root, datasets)
+    for shard in check.broken:
+        for problem in shard.problems:
+            print(problem)
+    print(check.summary())
+    return 1 if check.broken else 0
 
 
 def run_demo(args) -> int:

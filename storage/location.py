@@ -134,11 +134,16 @@ class Location:
         return self.fs.cat_file(self.path, start=start, end=start + length)
 
     def read_tail(self, length: int) -> bytes:
+        """The last `length` bytes, or the whole file when it is shorter (a truncated file's
+        reader then sees how short it is, as from an object store)."""
         if self.is_local:
             with open(self.url, "rb") as file:
-                file.seek(-length, os.SEEK_END)
+                file.seek(max(os.fstat(file.fileno()).st_size - length, 0))
                 return file.read(length)
         return self.fs.cat_file(self.path, start=-length)
+
+    def size(self) -> int:
+        return os.path.getsize(self.url) if self.is_local else self.fs.size(self.path)
 
     def cached_copy(self, cache: Path) -> Location:
         """A local copy of this remote file under `cache`, downloaded once per version of the

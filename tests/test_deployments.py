@@ -103,6 +103,7 @@ def check_deployed(api_url: str) -> dict:
         owned = [a for a in automations if any(getattr(action, "deployment_id", None) == deployment.id for action in a.actions)]
         assert len(owned) == len(spec.get("triggers") or []), spec["name"]
     assert state["flows"][deployed["ingest-nightly"].flow_id] == "ingest"
+    assert state["flows"][deployed["verify-nightly"].flow_id] == "verify-store"
     assert {state["flows"][deployed[name].flow_id] for name in ("train-weekly", "train-cluster")} == {"train"}
     return deployed
 

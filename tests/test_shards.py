@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
 
 from storage.catalog import CaseRecord
 from storage.geometry import planar_geometry
-from storage.shards import SliceReader, UnsupportedLayout
+from storage.shards import CorruptShard, SliceReader, UnsupportedLayout
 from storage.specs import DatasetSpec
 from storage.store import Codec, StoredDataset, prepare_dataset, write_case
 
@@ -88,3 +91,103 @@ def test_other_layouts_are_refused_and_fall_back(tmp_path):
     plain[...] = 1
     with pytest.raises(UnsupportedLayout):
         SliceReader(tmp_path / "plain")
+
+
+# ------------------------------------------------------------------------------ damaged shards
+
+
+def shard_file(directory, case: str, role: str) -> Path:
+    return Path(directory / case / role / "0" / "c" / "0" / "0" / "0")
+
+
+def flip_bit(path, byte: int, bit: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    data[byte] ^= 1 << bit
+    path.write_bytes(bytes(data))
+
+
+def slice_range(reader: SliceReader, index: int) -> tuple[int, int]:
+    offset, length = (int(v) for v in reader._offsets()[index])
+    return offset, length
+
+
+def test_slices_and_the_index_carry_checksums_zarr_checks_too(stored):
+    directory, image, _ = stored
+    reader = StoredDataset(directory).slice_reader("c1", "image")
+    assert reader.chunk_checksum and reader.written_bytes == shard_file(directory, "c1", "image").stat().st_size
+    offset, length = slice_range(reader, 4)
+    flip_bit(shard_file(directory, "c1", "image"), offset + length // 2)
+    array = zarr.open_array(str(directory / "c1" / "image" / "0"), mode="r")
+    with pytest.raises(ValueError, match="checksum"):
+        array[4]
+    assert np.array_equal(array[3], image[3])
+
+
+def test_a_flipped_bit_in_a_slice_is_caught_and_named(stored):
+    directory, image, _ = stored
+    reader = SliceReader(directory / "c1" / "image" / "0")
+    offset, length = slice_range(reader, 7)
+    flip_bit(shard_file(directory, "c1", "image"), offset + length // 3, bit=5)
+    dataset = StoredDataset(directory)
+    with pytest.raises(CorruptShard, match=r"^shards/c1/image slice 7: checksum mismatch \(shard .*c1/image/0/c/0/0/0\)$"):
+        dataset.read_slice("c1", 7)
+    with pytest.raises(CorruptShard, match=r"^shards/c1/image slice 7: checksum mismatch"):
+        dataset.read_volume("c1")
+    assert np.array_equal(dataset.read_slice("c1", 6).image, image[6]), "the other slices still read"
+
+
+def test_a_flipped_bit_in_the_index_is_caught_and_named(stored):
+    directory, _, _ = stored
+    path = shard_file(directory, "c1", "target")
+    flip_bit(path, path.stat().st_size - 20, bit=3)  # inside the (offset, length) table
+    dataset = StoredDataset(directory)
+    with pytest.raises(CorruptShard, match=r"^shards/c1/target slice 2: shard index checksum mismatch \(shard "):
+        dataset.read_slice("c1", 2)
+    with pytest.raises(CorruptShard, match=r"^shards/c1/target: shard index checksum mismatch"):
+        dataset.read_volume("c1")
+
+
+def test_a_truncated_shard_is_named_not_a_memory_error(stored):
+    directory, _, _ = stored
+    path = shard_file(directory, "c1", "image")
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size // 2])
+    dataset = StoredDataset(directory)
+    with pytest.raises(CorruptShard, match=rf"^shards/c1/image slice 0: shard truncated: {size // 2} of {size} bytes \(shard "):
+        dataset.read_slice("c1", 0)
+    path.write_bytes(b"\0" * 10)  # shorter than the index itself
+    with pytest.raises(CorruptShard, match=r"shards/c1/image: shard truncated: 10 bytes, shorter than its"):
+        StoredDataset(directory).read_volume("c1")
+
+
+def test_every_single_bit_flip_anywhere_in_a_shard_is_caught(tmp_path):
+    """Blosc-lz4 alone let most single-bit flips through as wrong voxels; CRC32C catches them all."""
+    spec = DatasetSpec("flips", "flips", "test", "CT", "segmentation", "manifest")
+    directory = prepare_dataset(tmp_path, spec)
+    write_case(directory, record("c", 4, ["image"]), {"image": np.random.default_rng(2).random((4, 24, 32)).astype(np.float16)})
+    path = shard_file(directory, "c", "image")
+    intact = path.read_bytes()
+    rng = np.random.default_rng(3)
+    for position in rng.choice(len(intact) * 8, size=320, replace=False):
+        path.write_bytes(intact)
+        flip_bit(path, int(position) // 8, int(position) % 8)
+        with pytest.raises(CorruptShard):
+            SliceReader(directory / "c" / "image" / "0").read_volume()
+    path.write_bytes(intact)
+    assert SliceReader(directory / "c" / "image" / "0").damage() == []
+
+
+def test_stores_written_before_checksums_still_read(tmp_path):
+    spec = DatasetSpec("legacy", "legacy", "test", "CT", "segmentation", "manifest")
+    directory = prepare_dataset(tmp_path, spec)
+    data = np.random.default_rng(4).random((3, 24, 32)).astype(np.float16)
+    write_case(directory, record("old", 3, ["image"]), {"image": data}, Codec(checksum=False))
+    metadata = json.loads((directory / "old" / "image" / "0" / "zarr.json").read_text())
+    assert [c["name"] for c in metadata["codecs"][0]["configuration"]["codecs"]] == ["bytes", "blosc"]
+    reader = StoredDataset(directory).slice_reader("old", "image")
+    assert isinstance(reader, SliceReader) and not reader.chunk_checksum
+    assert np.array_equal(reader.read(1), data[1]) and np.array_equal(StoredDataset(directory).read_volume("old").image, data)
+    path = shard_file(directory, "old", "image")
+    flip_bit(path, path.stat().st_size - 20)  # their index has always had its checksum
+    with pytest.raises(CorruptShard, match="shard index checksum mismatch"):
+        StoredDataset(directory).read_slice("old", 0)

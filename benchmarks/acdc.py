@@ -78,7 +78,8 @@ def build_store(data: Path, work: Path, size: int) -> Path:
     manifests = write_manifests(data, work)
     with dask_client(workers=2) as client:
         for manifest in manifests:
-            report = ingest(plan_dataset(manifest), store, client, IngestOptions(size=size))
+            # the manifests live in the work folder and read the data folder: allow that folder
+            report = ingest(plan_dataset(manifest, root=data), store, client, IngestOptions(size=size))
             if report.failed:
                 raise RuntimeError(f"{manifest}: {len(report.failed)} case(s) failed: {report.failed[0].reason}")
     return store

@@ -59,13 +59,15 @@ def ingest_flow(
     input_channel: int | None = None,
     target_channel: int | None = None,
     progress: bool = False,
+    root: str | None = None,
 ):
     """Ingest `source` (nnU-Net v2 / MSD folder or a manifest) with built-in spec `spec` if given.
 
     `name` stores it under another dataset name; `input_channel` / `target_channel` pick the
-    channels of multi-channel cases (BraTS t1n, t1c, t2w, t2f: 0 -> 2 is t1n -> t2w).
+    channels of multi-channel cases (BraTS t1n, t1c, t2w, t2f: 0 -> 2 is t1n -> t2w). `root` is the
+    folder a manifest's paths start from and must stay inside, in place of the manifest's own.
     """
-    plan = plan_dataset(source, spec)
+    plan = plan_dataset(source, spec, root)
     overrides = {"name": name, "input_channel": input_channel, "target_channel": target_channel}
     plan.spec = plan.spec.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
     writer = CatalogWriter(chosen_store(store), plan)

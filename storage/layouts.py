@@ -114,8 +114,15 @@ class DatasetPlan:
     declared_labels: dict[int, str] | None = None  # from dataset.json; None when the source declares none
 
 
-def plan_dataset(source: str | Path, spec: DatasetSpec | str | None = None) -> DatasetPlan:
-    """Find the layout of `source` (a folder or a manifest file) and list its cases."""
+def plan_dataset(
+    source: str | Path, spec: DatasetSpec | str | None = None, root: str | Path | None = None
+) -> DatasetPlan:
+    """Find the layout of `source` (a folder or a manifest file) and list its cases.
+
+    `root`: for a manifest, the folder its files must stay inside and its paths start from, in
+    place of the manifest's own folder (`mvg ingest --root`): a manifest kept elsewhere that
+    describes a data folder.
+    """
     source = Path(source)
     if isinstance(spec, str):
         spec = get_spec(spec)
@@ -125,11 +132,13 @@ def plan_dataset(source: str | Path, spec: DatasetSpec | str | None = None) -> D
         if source.suffix.lower() not in (".csv", ".json"):
             raise LayoutError(f"{source}: a dataset is a folder or a manifest (.csv / .json)")
         if source.name == "dataset.json":
-            return plan_dataset(source.parent, spec)
-        return plan_manifest(source, spec)
+            return plan_dataset(source.parent, spec, root)
+        return plan_manifest(source, spec, root)
     manifests = [source / name for name in ("manifest.json", "manifest.csv") if (source / name).is_file()]
     if manifests:
-        return plan_manifest(manifests[0], spec)
+        return plan_manifest(manifests[0], spec, root)
+    if root is not None:  # the other layouts read their own folder: a wider root would only loosen that
+        raise LayoutError(f"{source}: a root applies to a manifest only; this folder has none")
     dataset_json = source / "dataset.json"
     if dataset_json.is_file():
         description = _load_json(dataset_json)
@@ -328,13 +337,15 @@ MANIFEST_COLUMNS = (
 )
 
 
-def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
+def plan_manifest(path: Path, spec: DatasetSpec | None, root: str | Path | None = None) -> DatasetPlan:
     """Rows of `case, image, target, split` (+ `mask` for inpainting, `*_key` reader options).
 
-    A JSON manifest is either a list of rows or `{"cases": [...], ...spec fields..., "root": DIR}`;
-    `root` (default: the manifest's folder) is the dataset folder that every path must stay inside.
-    A row may name its own `root` (a CSV has no header to carry one), so that a manifest written
-    elsewhere can describe a read-only data folder; relative roots start at the manifest's folder.
+    Every file must stay inside the manifest's folder, or inside `root` when the caller gives one
+    (`mvg ingest --root DIR`): only the person running the ingest widens what it may read, never
+    the manifest. Rows' paths are relative to that folder, or to a narrower one: a JSON manifest is
+    either a list of rows or `{"cases": [...], ...spec fields..., "root": DIR}`, and a row may name
+    its own `root` (a CSV has no header to carry one); these start at the manifest's folder and
+    must lie inside the allowed one.
     `target` may also be `{class name: binary mask file, or a list of them}` (a list when one class
     comes as several instance masks), merged into one label map by `classes`; where masks overlap,
     the higher class value wins. In a JSON manifest, `image` and `target` may be lists of files
@@ -350,9 +361,13 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
         content = _load_json(path)
         rows = content if isinstance(content, list) else content.get("cases", [])
         header = {} if isinstance(content, list) else {k: v for k, v in content.items() if k != "cases"}
-    root = (path.parent / header.pop("root", ".")).resolve()
+    allowed = Path(root).resolve() if root is not None else path.parent.resolve()
+    try:
+        base = _manifest_root(path, header.pop("root"), allowed) if "root" in header else allowed
+    except ValueError as error:  # every row would read there: the manifest as a whole is refused
+        raise LayoutError(f"{path}: {error}") from None
     spec = _manifest_spec(path, header, spec)
-    plan = DatasetPlan(spec, root, [], declared_labels=dict(spec.classes) if header.get("classes") else None)
+    plan = DatasetPlan(spec, base, [], declared_labels=dict(spec.classes) if header.get("classes") else None)
     names = {name: value for value, name in spec.classes.items()}
     unsplit = []
     for number, row in enumerate(rows, start=1):
@@ -361,7 +376,7 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
             unknown = sorted(set(row) - set(MANIFEST_COLUMNS))
             if unknown:  # a misspelt column would otherwise be ignored silently
                 raise ValueError(f"unknown column(s) {', '.join(map(str, unknown))}; known: {', '.join(MANIFEST_COLUMNS)}")
-            row_root = (path.parent / row["root"]).resolve() if row.get("root") else root
+            row_root = _manifest_root(path, row["root"], allowed) if row.get("root") else base
             plan.cases.append(_manifest_case(row_root, case, row, spec, names))
         except (KeyError, ValueError, TypeError) as error:
             plan.problems.append(CaseProblem(case, f"{path.name} row {number}: {error}"))
@@ -376,6 +391,20 @@ def plan_manifest(path: Path, spec: DatasetSpec | None) -> DatasetPlan:
     return plan
 
 
+def _manifest_root(path: Path, value, allowed: Path) -> Path:
+    """A manifest's or a row's `root`, from the manifest's folder; it may narrow the folder the
+    manifest may read, never widen it (a row's root "/" once let "etc/passwd" through)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"root {value!r} is not a folder name")
+    resolved = (path.parent / value).resolve()
+    if not resolved.is_relative_to(allowed):
+        raise ValueError(f"root {value!r} lies outside {allowed}, the folder this manifest may read")
+    return resolved
+
+
+IMAGE_TO_IMAGE_TASKS = ("synthesis", "denoising", "inpainting")
+
+
 def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> DatasetSpec:
     spec_fields = {k: v for k, v in header.items() if k in DatasetSpec.__dataclass_fields__}
     if "classes" in spec_fields:
@@ -386,24 +415,32 @@ def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> Datase
         spec_fields["rescale"] = tuple(spec_fields["rescale"])
     if spec is None and "spec" in header:
         spec = get_spec(header["spec"])
+    if spec_fields.get("task", spec.task if spec else None) in IMAGE_TO_IMAGE_TASKS:
+        # A manifest row names the input and the target directly: they are channels 0 and 1. Given
+        # with the task, not after: a spec is checked as it is made, and an image-to-image task
+        # without a target channel is refused.
+        spec_fields.update(input_channel=0, target_channel=1)
+    try:
+        return _spec_with(path, spec_fields, spec)
+    except ValueError as error:  # a bad field value: name the manifest that gave it
+        raise LayoutError(f"{path}: {error}") from None
+
+
+def _spec_with(path: Path, spec_fields: dict, spec: DatasetSpec | None) -> DatasetSpec:
+    """The given spec with the manifest's fields, or a new spec from them."""
     if spec is not None:
-        spec = spec.with_overrides(layout="manifest", **spec_fields)
-    else:
-        modality = spec_fields.pop("modality", "MRI")
-        spec = DatasetSpec(
-            name=spec_fields.pop("name", _dataset_name(path.parent if path.stem == "manifest" else path.with_suffix(""))),
-            title=spec_fields.pop("title", path.stem),
-            region=spec_fields.pop("region", "unknown"),
-            modality=modality,
-            task=spec_fields.pop("task", "segmentation"),
-            layout="manifest",
-            normalisation=spec_fields.pop("normalisation", "ct" if str(modality).upper() == "CT" else "percentile"),
-            **{k: v for k, v in spec_fields.items() if k not in ("layout",)},
-        )
-    if spec.task in ("synthesis", "denoising", "inpainting"):
-        # a manifest row names the input and the target directly: they are channels 0 and 1
-        spec = spec.with_overrides(input_channel=0, target_channel=1)
-    return spec
+        return spec.with_overrides(layout="manifest", **spec_fields)
+    modality = spec_fields.pop("modality", "MRI")
+    return DatasetSpec(
+        name=spec_fields.pop("name", _dataset_name(path.parent if path.stem == "manifest" else path.with_suffix(""))),
+        title=spec_fields.pop("title", path.stem),
+        region=spec_fields.pop("region", "unknown"),
+        modality=modality,
+        task=spec_fields.pop("task", "segmentation"),
+        layout="manifest",
+        normalisation=spec_fields.pop("normalisation", "ct" if str(modality).upper() == "CT" else "percentile"),
+        **{k: v for k, v in spec_fields.items() if k not in ("layout",)},
+    )
 
 
 def _slice_axis(row: dict) -> int | None:

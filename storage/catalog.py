@@ -3,7 +3,9 @@
 Each published case group carries its own `CaseRecord` (so the catalog can always be rebuilt from
 what is on disk); `catalog.json` beside the cases is the index readers load in one go. It is
 replaced atomically (a rename locally, one PUT on an object store), so a reader never sees a
-half-written catalog.
+half-written catalog. An ingest marks it incomplete when it starts and complete when every case's
+result is in; an incomplete catalog (an ingest running, or killed) may lack cases that are already
+published, so it is not loaded: readers rebuild the catalog from the published records instead.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from pathlib import Path
 from storage.location import Location
 
 CATALOG_FILE = "catalog.json"
+
+
+class IncompleteCatalog(ValueError):
+    """catalog.json was written by an ingest that has not finished: it may lack published cases."""
 
 
 @dataclass
@@ -54,6 +60,7 @@ class Catalog:
     dataset: str
     spec: dict
     cases: dict[str, CaseRecord] = field(default_factory=dict)
+    complete: bool = True  # False while an ingest that may publish more cases has not finished
 
     def split(self, name: str | None) -> list[str]:
         return sorted(c for c, r in self.cases.items() if name is None or r.split == name)
@@ -84,6 +91,7 @@ class Catalog:
             "dataset": self.dataset,
             "spec": self.spec,
             "summary": self.summary(),
+            "complete": self.complete,
             "cases": {name: record.to_dict() for name, record in sorted(self.cases.items())},
         }
 
@@ -92,7 +100,12 @@ class Catalog:
 
     @classmethod
     def load(cls, dataset_dir: str | Path | Location) -> Catalog:
-        data = json.loads((Location.of(dataset_dir) / CATALOG_FILE).read_text())
+        """The saved catalog; refuses (IncompleteCatalog) one an unfinished ingest left. Catalogs
+        written before the mark existed are taken as complete, as they always were."""
+        path = Location.of(dataset_dir) / CATALOG_FILE
+        data = json.loads(path.read_text())
+        if not data.get("complete", True):
+            raise IncompleteCatalog(f"{path}: written by an ingest that has not finished (running, or killed)")
         return cls(data["dataset"], data["spec"], {k: CaseRecord.from_dict(v) for k, v in data["cases"].items()})
 
 

@@ -4,8 +4,9 @@
 checksum, else read -> validate -> preprocess -> write aside -> publish. It never raises for bad
 input: a bad case comes back as a failed `CaseResult` whose reason names the file and the problem,
 and nothing of it is published. `ingest` runs the cases on a Dask cluster, one case per task and
-one thread per worker process (so memory stays bounded at one case per worker), and keeps the
-catalog up to date as results arrive. The Prefect flow in `flows/ingest.py` drives the same units.
+one thread per worker process (so memory stays bounded at one case per worker), and writes the
+catalog when every result is in (`CatalogWriter`). The Prefect flow in `flows/ingest.py` drives
+the same units.
 """
 
 from __future__ import annotations
@@ -309,16 +310,21 @@ def _label_scan(file: SourceFile, image: Scan) -> Scan:
 
 
 class CatalogWriter:
-    """Collects case results into the dataset's catalog; the only writer of `catalog.json`."""
+    """Collects case results into the dataset's catalog; the only writer of `catalog.json`.
 
-    def __init__(self, root: str | Path | Location, plan: DatasetPlan, save_every_s: float = 2.0):
+    The catalog is saved incomplete when the ingest starts and complete by `finish`. A case is
+    published by its worker before its result reaches this writer, so no catalog saved in between
+    could list every published case after a kill; an incomplete one sends readers to the cases'
+    own records instead (`storage.catalog`).
+    """
+
+    def __init__(self, root: str | Path | Location, plan: DatasetPlan):
         self.directory = prepare_dataset(root, plan.spec)
         self.plan = plan
         self.catalog = rebuild_catalog(self.directory)  # trust what is published, not an old index
         self.catalog.spec = plan.spec.to_dict()
+        self.catalog.complete = False
         self.results: list[CaseResult] = [CaseResult(p.case, "failed", p.reason) for p in plan.problems]  # unplannable rows
-        self.save_every_s = save_every_s
-        self._saved_at = 0.0
         self.catalog.save(self.directory)
 
     @property
@@ -329,11 +335,9 @@ class CatalogWriter:
         self.results.append(result)
         if result.record is not None:
             self.catalog.cases[result.case] = result.record
-            if time.monotonic() - self._saved_at > self.save_every_s:
-                self.catalog.save(self.directory)
-                self._saved_at = time.monotonic()
 
     def finish(self) -> IngestReport:
+        self.catalog.complete = True
         self.catalog.save(self.directory)
         return IngestReport(self.plan.spec.name, str(self.directory), sorted(self.results, key=lambda r: r.case))
 

@@ -281,17 +281,23 @@ def run_evaluate(args) -> int:
         tolerance=args.tolerance,
     )
     print_results(summary)
-    return 0
+    return 1 if summary["failed"] else 0
 
 
 def print_results(summary: dict) -> None:
-    """The evaluation's tables, then where they are kept and what promotion decided."""
+    """The evaluation's tables, the test cases that could not be read, then where they are kept
+    and what promotion decided."""
     from mvg.evaluation import to_markdown
 
     titles = {"table2": "Segmentation, mIoU (paper Table 2)", "table3": "Image-to-image tasks (paper Table 3)"}
     for name, rows in summary["tables"].items():
         if rows:
             print(f"\n{titles.get(name, name)}\n{to_markdown(rows)}")
+    failed = summary.get("failed", [])
+    if failed:
+        print(f"\n{len(failed)} test case(s) failed, not scored (mvg store --verify lists every damaged shard):")
+        for row in failed:
+            print(f"  {row['reason']}")
     print(f"\nevaluation run: {summary['run_id']} (experiment mvg-evaluation)")
     if "promoted" in summary:
         verdict = "promoted to @champion" if summary["promoted"] else "not promoted"

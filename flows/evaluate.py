@@ -7,6 +7,10 @@ Every dataset is a task; the tables (markdown and CSV), the per-case rows and on
 are artifacts of an MLflow evaluation run, the model's primary scores and its baselines' on the same
 cases are tags of its registry version (`eval.<dataset>.<metric>`, `baseline.<dataset>.<metric>`:
 what promotion reads), and the tables are Prefect table artifacts.
+
+A test case whose store shards are damaged is reported as failed (`failed` in the summary,
+`failed.csv` in the run, each reason naming dataset, case, role and slice) and the other cases are
+scored; a dataset none of whose test cases could be read is left out of the tables.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, evaluate_dataset, tables, to_csv, to_markdown
+from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, NoCaseScored, evaluate_dataset, tables, to_csv, to_markdown
 from mvg.loading import load_model, local_model
 from flows.promote import promote_flow
 from mvg.promotion import PRIMARY_METRIC, PromotionRule
@@ -44,6 +48,24 @@ PAPER_NAMES = {"miou": "mIoU", "psnr": "PSNR"}  # promotion metric -> the evalua
 def evaluate_dataset_task(model_folder: str, store: str, dataset: str, draws: int, shots: int, seed: int, max_cases: int | None) -> DatasetEvaluation:
     model = load_model(model_folder)
     return evaluate_dataset(model, ZarrStore(store).dataset(dataset), draws=draws, shots=shots, seed=seed, max_cases=max_cases)
+
+
+def gather(futures: list) -> tuple[list[DatasetEvaluation], list[dict]]:
+    """The datasets' evaluations, and every test case that could not be read (dataset, task, case,
+    reason). A dataset none of whose test cases could be read is left out; if every one is, that
+    is an error."""
+    evaluations, failed = [], []
+    for future in futures:
+        try:
+            evaluation = future.result()
+        except NoCaseScored as error:
+            failed += error.failed
+            continue
+        evaluations.append(evaluation)
+        failed += evaluation.failed
+    if not evaluations:
+        raise ValueError("no dataset could be evaluated: " + "; ".join(row["reason"] for row in failed))
+    return evaluations, failed
 
 
 def primary_scores(evaluations: list[DatasetEvaluation], baseline: bool = False) -> dict[str, float]:
@@ -83,8 +105,10 @@ def evaluate_flow(
     with local_model(model_uri) as folder:  # one download, however many datasets; a bad URI fails here
         load_model(folder)
         futures = [evaluate_dataset_task.submit(str(folder), store, name, draws, shots, seed, max_cases) for name in chosen]
-        evaluations = [future.result() for future in futures]
+        evaluations, failed = gather(futures)
     layout = tables(evaluations)
+    for row in failed:
+        print(f"failed: {row['reason']}")
 
     mlflow = client(uri)
     experiment = ensure_experiment(mlflow, EXPERIMENT)
@@ -100,6 +124,7 @@ def evaluate_flow(
             if not math.isnan(row["mean"]):
                 key = f"{row['dataset']}.{row['method']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", "")
                 mlflow.log_metric(run_id, key, row["mean"], model_id=model_id)
+    mlflow.log_metric(run_id, "failed_cases", len(failed))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         for name, rows in layout.items():
@@ -107,6 +132,8 @@ def evaluate_flow(
                 to_csv(rows, folder / f"{name}.csv")
                 (folder / f"{name}.md").write_text(to_markdown(rows) + "\n")
         to_csv([row for e in evaluations for row in e.rows], folder / "cases.csv")
+        if failed:
+            to_csv(failed, folder / "failed.csv")
         for evaluation in evaluations:
             Image.fromarray(evaluation.montage).save(folder / f"montage-{evaluation.dataset}.png")
         mlflow.log_artifacts(run_id, str(folder))
@@ -116,7 +143,7 @@ def evaluate_flow(
             print(f"\n{name}:\n{to_markdown(rows)}")
 
     summary = {
-        "model_uri": model_uri, "run_id": run_id, "tables": layout,
+        "model_uri": model_uri, "run_id": run_id, "tables": layout, "failed": failed,
         "scores": primary_scores(evaluations), "baselines": primary_scores(evaluations, baseline=True),
     }
     mlflow.set_terminated(run_id, "FINISHED")

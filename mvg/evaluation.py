@@ -43,6 +43,9 @@ The protocol, and our decisions where the paper is silent:
 - Aggregation: per method and metric, the mean over test cases of each draw (NaN, nothing to score,
   left out), then the mean and the sample standard deviation (ddof 1) over draws. The standard
   deviation is the prompt sensitivity; with one draw it is NaN and tables show the mean alone.
+- Damaged store shards (`storage.shards.CorruptShard`, of the test case or of a prompt drawn for
+  it): that test case is reported as failed, with the error naming dataset, case, role and slice,
+  and the other cases are scored; the model and its baseline are scored on the same cases.
 """
 
 from __future__ import annotations
@@ -52,8 +55,9 @@ import math
 import operator
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,7 @@ from mvg.inference import evaluating, image_tensor, prompt_colouring, resize_ima
 from mvg.metrics import SSIM_BORDER, dice_per_class, iou_per_class, mae, mean_over_classes, psnr, ssim
 from mvg.model import MVG
 from mvg.montage import prediction_montage
+from storage.shards import CorruptShard
 from storage.store import StoredDataset
 
 MODEL = "model"
@@ -346,6 +351,7 @@ class DatasetEvaluation:
     metrics: tuple[str, ...]  # the metric columns of the rows, in order
     summary: dict[str, dict[str, Aggregate]]  # method -> metric -> Aggregate
     montage: np.ndarray  # RGB uint8: first test case, first draw, model prediction at three depths
+    failed: list[dict] = field(default_factory=list)  # test cases not scored: dataset, task, case, reason
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -359,6 +365,17 @@ class DatasetEvaluation:
             for method, metrics in self.summary.items()
             for metric, aggregate in metrics.items()
         ]
+
+
+class NoCaseScored(ValueError):
+    """Every test case of a dataset failed to read; `failed` lists them as `DatasetEvaluation.failed` does."""
+
+    def __init__(self, dataset: str, failed: list[dict]):
+        super().__init__(f"dataset {dataset}: no test case could be read: " + "; ".join(row["reason"] for row in failed))
+        self.dataset, self.failed = dataset, failed
+
+    def __reduce__(self):  # Prefect may pickle a task's exception; rebuild it from what it was made of
+        return NoCaseScored, (self.dataset, self.failed)
 
 
 def evaluate_dataset(
@@ -395,45 +412,74 @@ def evaluate_dataset(
     if len(training) < shots:
         raise ValueError(f"dataset {dataset.name} has {len(training)} training cases; {shots} shots need as many distinct ones")
 
-    segmentation = task == "segmentation"
     classes = sorted(int(value) for value in spec.classes if int(value) != 0)
-    baseline = BASELINE_BY_TASK[task]
+    paint = partial(paint_volume, model, batch_size=batch_size, device=device, classes=classes or None, decode=decode, per_class=per_class)
     rows: list[dict] = []
+    failed: list[dict] = []
     montage = None
     for index, case in enumerate(tests):
-        sample = dataset.read_volume(case)
-        query = unit_float(sample.image)
-        truth = sample.target if segmentation else unit_float(sample.target)
-        mask = None if sample.mask is None or task != "inpainting" else sample.mask.astype(bool)
-        case_classes = classes or _classes_in(truth)
-        for draw in range(draws):
-            rng = np.random.default_rng([seed, draw, index])
-            chosen = [training[i] for i in rng.choice(len(training), size=shots, replace=False)]
-            prompts = [dataset.read_volume(name) for name in chosen]
-            prompt_images = [unit_float(prompt.image) for prompt in prompts]
-            prompt_targets = [prompt.target if segmentation else unit_float(prompt.target) for prompt in prompts]
-            predictions = {
-                MODEL: paint_volume(
-                    model, prompt_images, prompt_targets, query, task, batch_size, device,
-                    classes=classes or None, decode=decode, per_class=per_class,
-                ),
-                baseline: copy_prompt(prompt_targets[0], query.shape) if segmentation else identity(query),
-            }
-            for method, prediction in predictions.items():
-                scores = (
-                    segmentation_scores(prediction, truth, case_classes, spec.classes)
-                    if segmentation
-                    else image_scores(prediction, truth, mask)
-                )
-                rows.append({"dataset": dataset.name, "task": task, "case": case, "draw": draw, "method": method,
-                             "prompts": " ".join(chosen), **scores})
-            if montage is None:
-                scale = max(case_classes, default=1) if segmentation else 1
-                montage = evaluation_montage(prompt_images[0], prompt_targets[0], query, predictions[MODEL], truth, scale)
+        try:
+            case_rows, case_montage = _evaluate_case(paint, dataset, case, index, training, classes, draws, shots, seed)
+        except CorruptShard as error:  # a damaged case is reported; the others are still scored
+            failed.append({"dataset": dataset.name, "task": task, "case": case, "reason": str(error)})
+            continue
+        rows += case_rows
+        montage = case_montage if montage is None else montage
+    if not rows:
+        raise NoCaseScored(dataset.name, failed)
 
     metrics = tuple(key for key in rows[0] if key not in ("dataset", "task", "case", "draw", "method", "prompts"))
     return DatasetEvaluation(dataset.name, task, draws, shots, seed, rows, metrics,
-                             summarise(rows, metrics, draws), montage)
+                             summarise(rows, metrics, draws), montage, failed)
+
+
+def _evaluate_case(
+    paint: Callable[..., np.ndarray],
+    dataset: StoredDataset,
+    case: str,
+    index: int,
+    training: list[str],
+    classes: list[int],
+    draws: int,
+    shots: int,
+    seed: int,
+) -> tuple[list[dict], np.ndarray]:
+    """Every draw of test case number `index`: its rows (model and baseline), and the montage of
+    its first draw. `paint(prompt_images, prompt_targets, query, task)` is the model's
+    `paint_volume`. All or nothing: a damaged shard met in any draw raises before a row is kept."""
+    spec = dataset.spec
+    task = spec.task
+    segmentation = task == "segmentation"
+    baseline = BASELINE_BY_TASK[task]
+    sample = dataset.read_volume(case)
+    query = unit_float(sample.image)
+    truth = sample.target if segmentation else unit_float(sample.target)
+    mask = None if sample.mask is None or task != "inpainting" else sample.mask.astype(bool)
+    case_classes = classes or _classes_in(truth)
+    rows: list[dict] = []
+    montage = None
+    for draw in range(draws):
+        rng = np.random.default_rng([seed, draw, index])
+        chosen = [training[i] for i in rng.choice(len(training), size=shots, replace=False)]
+        prompts = [dataset.read_volume(name) for name in chosen]
+        prompt_images = [unit_float(prompt.image) for prompt in prompts]
+        prompt_targets = [prompt.target if segmentation else unit_float(prompt.target) for prompt in prompts]
+        predictions = {
+            MODEL: paint(prompt_images, prompt_targets, query, task),
+            baseline: copy_prompt(prompt_targets[0], query.shape) if segmentation else identity(query),
+        }
+        for method, prediction in predictions.items():
+            scores = (
+                segmentation_scores(prediction, truth, case_classes, spec.classes)
+                if segmentation
+                else image_scores(prediction, truth, mask)
+            )
+            rows.append({"dataset": dataset.name, "task": task, "case": case, "draw": draw, "method": method,
+                         "prompts": " ".join(chosen), **scores})
+        if montage is None:
+            scale = max(case_classes, default=1) if segmentation else 1
+            montage = evaluation_montage(prompt_images[0], prompt_targets[0], query, predictions[MODEL], truth, scale)
+    return rows, montage
 
 
 def segmentation_scores(

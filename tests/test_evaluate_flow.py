@@ -110,3 +110,29 @@ def test_mvg_evaluate_prints_the_tables_and_the_decision(registry, phantom_store
     assert "models:/mvg@nope does not resolve" in capsys.readouterr().err
     assert main(["evaluate", "--model", "models:/mvg/1", "--store", str(phantom_store), "--datasets", "nope"]) == 2
     assert "no stored dataset nope" in capsys.readouterr().err
+
+
+def test_a_damaged_test_case_is_a_failed_case_and_the_others_are_scored(registry, phantom_store, prefect_server, tmp_path, capsys):
+    import shutil
+
+    from flows.cli import main
+    from flows.evaluate import evaluate_flow
+    from storage.store import ZarrStore
+
+    store = tmp_path / "store"
+    shutil.copytree(phantom_store, store)
+    damaged = ZarrStore(store).dataset("phantom-segmentation").cases("test")[0]
+    shard = store / "phantom-segmentation.zarr" / damaged / "image" / "0" / "c" / "0" / "0" / "0"
+    shard.write_bytes(shard.read_bytes()[:-100])  # cut short: its index is gone
+
+    summary = evaluate_flow("models:/mvg/1", store=str(store), promote=False)
+    assert [(row["dataset"], row["case"]) for row in summary["failed"]] == [("phantom-segmentation", damaged)]
+    assert summary["failed"][0]["reason"].startswith(f"phantom-segmentation/{damaged}/image: shard truncated: ")
+    assert list(summary["scores"]) == ["phantom-synthesis"], "the other cases are still scored"
+    assert "failed.csv" in {a.path for a in registry.list_artifacts(summary["run_id"])}
+    assert registry.get_run(summary["run_id"]).data.metrics["failed_cases"] == 1
+
+    assert main(["evaluate", "--model", "models:/mvg/1", "--store", str(store), "--no-promote"]) == 1
+    out = capsys.readouterr().out
+    assert "Image-to-image tasks (paper Table 3)" in out
+    assert "1 test case(s) failed, not scored" in out and f"phantom-segmentation/{damaged}/image: shard truncated: " in out

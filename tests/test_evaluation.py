@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import math
+import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +24,7 @@ from mvg.evaluation import (
     COPY_PROMPT,
     IDENTITY,
     MODEL,
+    NoCaseScored,
     copy_prompt,
     evaluate_dataset,
     identity,
@@ -33,8 +36,10 @@ from mvg.evaluation import (
     to_markdown,
 )
 from mvg.model import MVG
+from storage.catalog import CaseRecord
+from storage.geometry import planar_geometry
 from storage.specs import DatasetSpec
-from storage.store import Sample, ZarrStore
+from storage.store import Sample, StoredDataset, ZarrStore, prepare_dataset, write_case
 
 torch.set_num_threads(2)
 
@@ -400,3 +405,58 @@ def test_one_draw_shows_the_mean_alone_and_duplicates_are_refused(model, store):
     assert tables([evaluation])["table2"] == []
     with pytest.raises(ValueError, match="once"):
         tables([evaluation, evaluation])
+
+
+# ------------------------------------------------------------------------------ damaged store shards
+
+
+def damaged_store(root) -> StoredDataset:
+    """Two training and three test cases (40 px, 5 to 9 slices) written to a real store, whose
+    shards the tests then damage."""
+    spec = DatasetSpec("damaged", "damaged", "test", "CT", "segmentation", "manifest", {3: "a", 7: "b"}, "ct")
+    directory = prepare_dataset(root, spec)
+    for index, split in enumerate(("train", "train", "test", "test", "test")):
+        shape = (5 + index, 40, 40)
+        record = CaseRecord(case=f"case_{index}", split=split, slices=shape[0], shape=shape, roles=["image", "target"],
+                            checksum="x", sources=[], geometry=planar_geometry(shape).to_dict(), spacing=(1.0, 1.0, 1.0), intensity={})
+        write_case(directory, record, {"image": images(shape, seed=index).astype(np.float16), "target": labels(*shape)})
+    return StoredDataset(directory)
+
+
+def flip_a_slice_byte(dataset: StoredDataset, case: str, role: str) -> None:
+    shard = Path(dataset.directory / case / role / "0" / "c" / "0" / "0" / "0")
+    data = bytearray(shard.read_bytes())
+    data[40] ^= 0x08  # inside slice 0's compressed bytes
+    shard.write_bytes(bytes(data))
+
+
+def test_a_damaged_test_case_is_reported_failed_and_the_others_still_scored(tmp_path):
+    painter = stand_in(CopyPrompt, 40)
+    intact = evaluate_dataset(painter, damaged_store(tmp_path / "intact"), draws=2)
+    dataset = damaged_store(tmp_path / "damaged")
+    flip_a_slice_byte(dataset, "case_3", "image")
+    evaluation = evaluate_dataset(painter, dataset, draws=2)
+    assert [(row["case"], row["task"]) for row in evaluation.failed] == [("case_3", "segmentation")]
+    assert evaluation.failed[0]["reason"].startswith("damaged/case_3/image slice 0: checksum mismatch (shard ")
+    assert evaluation.rows == [row for row in intact.rows if row["case"] != "case_3"], "the others scored as before"
+    assert not intact.failed
+
+
+def test_a_damaged_prompt_case_fails_the_test_cases_that_drew_it(tmp_path):
+    dataset = damaged_store(tmp_path)
+    flip_a_slice_byte(dataset, "case_0", "target")
+    evaluation = evaluate_dataset(stand_in(CopyPrompt, 40), dataset, seed=2)
+    assert evaluation.failed and evaluation.rows
+    assert all(row["reason"].startswith("damaged/case_0/target slice 0: checksum mismatch") for row in evaluation.failed)
+    assert {row["prompts"] for row in evaluation.rows} == {"case_1"}
+    assert {row["case"] for row in evaluation.failed} | {row["case"] for row in evaluation.rows} == {"case_2", "case_3", "case_4"}
+
+
+def test_a_dataset_whose_test_cases_are_all_damaged_scores_nothing_and_says_which(tmp_path):
+    dataset = damaged_store(tmp_path)
+    for case in ("case_2", "case_3", "case_4"):
+        flip_a_slice_byte(dataset, case, "target")
+    with pytest.raises(NoCaseScored, match=r"dataset damaged: no test case could be read: damaged/case_2/target slice 0: ") as raised:
+        evaluate_dataset(stand_in(CopyPrompt, 40), dataset)
+    assert [row["case"] for row in raised.value.failed] == ["case_2", "case_3", "case_4"]
+    assert pickle.loads(pickle.dumps(raised.value)).failed == raised.value.failed  # as Prefect may carry it

@@ -17,12 +17,13 @@ import hashlib
 import os
 import posixpath
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from storage.scratch import scratch_beside
 
 LOCAL = LocalFileSystem()
 # Object-store listings must be fresh: Dask workers and other nodes publish cases behind our back.
@@ -173,7 +174,7 @@ class Location:
             return
         folder = os.path.dirname(self.url)
         os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{self.name}.", dir=folder)
+        handle, temporary = scratch_beside(self.url)  # the umask's mode: mkstemp's 0600 would hide it from others
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(data)

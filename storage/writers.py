@@ -13,18 +13,19 @@ are float32 in NIfTI and 16-bit grey in PNG: 8 bits would cap PSNR near 59 dB, 1
 keep steps of 1.5e-5.
 
 Every write goes to a temporary file beside the output and is renamed into place, so a failure
-leaves no half-written file, and an existing output is replaced whole or not at all.
+leaves no half-written file, and an existing output is replaced whole or not at all. The file gets
+the mode the umask gives (`storage.scratch`), as other tools' outputs do.
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from storage.geometry import Geometry, stored_shape, to_nifti, to_source
+from storage.scratch import scratch_beside
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 PNG_SUFFIXES = (".png",)
@@ -102,7 +103,7 @@ def _write(data_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
         raise WriteError(path, f"a (z, y, x) array of shape {data_zyx.shape} does not fit the input's grid {canonical}")
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary name keeps the real suffix: nibabel picks gzip from it
-    handle, scratch = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_suffix(path), dir=path.parent)
+    handle, scratch = scratch_beside(path, suffix=_suffix(path))  # the umask's mode, not mkstemp's 0600
     os.close(handle)
     try:
         if fmt == "nifti":

@@ -56,6 +56,19 @@ def test_whole_writes_ranged_reads_listing_and_removal(where, tmp_path, memory_r
         assert sorted(os.listdir(root.url)) == ["b.zarr", "loose.json"], "no temporary file left by the atomic writes"
 
 
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["umask-022", "umask-027"])
+def test_whole_writes_get_the_mode_the_umask_gives(tmp_path, mask, mode):
+    """catalog.json and the other atomic writes read like any file the user writes, not 0600."""
+    saved = os.umask(mask)
+    try:
+        catalog = Location.of(tmp_path / "ct.zarr" / "catalog.json")
+        catalog.write_bytes(b"{}")
+        catalog.write_bytes(b"{ }")  # replacing an existing file gives the same mode
+    finally:
+        os.umask(saved)
+    assert os.stat(catalog.url).st_mode & 0o777 == mode
+
+
 def test_an_unknown_protocol_names_the_url():
     with pytest.raises(ValueError, match="nosuch://bucket/x"):
         Location.of("nosuch://bucket/x")

@@ -240,6 +240,33 @@ def test_png_input_writes_png_of_the_same_size(weights, tmp_path, task):
         assert picture.mode == "I;16"  # 16 bits: an 8-bit image would cap PSNR near 59 dB
 
 
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test (it is process-wide) and puts the old one back."""
+    saved = os.umask(0o022)
+    yield os.umask
+    os.umask(saved)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["umask-022", "umask-027"])
+@pytest.mark.parametrize("suffix", [".nii.gz", ".png"])
+def test_predicted_files_get_the_mode_the_umask_gives(weights, tmp_path, umask, mask, mode, suffix):
+    """As any tool's output: readable by others under the usual umask, not mkstemp's 0600."""
+    if suffix == ".png":
+        rng = np.random.default_rng(5)
+        labels = np.zeros((24, 24), np.uint8)
+        labels[4:12, 6:18] = 5
+        prompt = (save_png(tmp_path / "p.png", rng.integers(0, 256, (24, 24), dtype=np.uint8)), save_png(tmp_path / "p_seg.png", labels))
+        scan = save_png(tmp_path / "x.png", rng.integers(0, 256, (24, 24), dtype=np.uint8))
+    else:
+        prompt = ct_pair(tmp_path, "prompt", (24, 24, 4), seed=1)
+        scan, _ = ct_pair(tmp_path, "input", (24, 24, 4), seed=2)
+    output = tmp_path / f"labels{suffix}"
+    umask(mask)
+    assert cli(["--model", weights, *prompt_args(prompt), "--input", scan, "--output", output, "--device", "cpu"]) == 0
+    assert output.stat().st_mode & 0o777 == mode
+
+
 # ------------------------------------------------------------------------------------------ exactness
 
 

@@ -114,3 +114,18 @@ def test_the_verify_flow_fails_on_a_broken_shard(store, prefect_server):
     flip_byte(shard(store, "beta", "b1", "image"), 30)
     with pytest.raises(BrokenShards, match=r"1 broken:\nbeta/b1/image slice 0: checksum mismatch"):
         verify_store_flow(store=str(store), datasets=["beta"])
+
+
+def test_the_next_ingest_rewrites_cases_stored_without_checksums(small_ct_dataset, tmp_path):
+    from storage.ingest import IngestOptions, ingest_case
+    from storage.layouts import plan_dataset
+
+    plan = plan_dataset(small_ct_dataset)
+    directory = prepare_dataset(tmp_path / "store", plan.spec)
+    source = plan.cases[0]
+    assert ingest_case(source, plan.spec, directory, options=IngestOptions(size=32, codec=Codec(checksum=False))).status == "ingested"
+    assert verify_store(tmp_path / "store").unchecksummed
+    assert ingest_case(source, plan.spec, directory, options=IngestOptions(size=32)).status == "ingested", "the recipe's codec changed"
+    assert ingest_case(source, plan.spec, directory, options=IngestOptions(size=32)).status == "skipped"
+    check = verify_store(tmp_path / "store")
+    assert not check.unchecksummed and not check.broken and len(check.shards) == 2

@@ -81,6 +81,8 @@ def verify_array(dataset: StoredDataset, case: str, role: str) -> ShardCheck:
         return ShardCheck(dataset.name, case, role, (f"{name}: missing (no array at {folder})",), False)
     except UnsupportedLayout:
         return _verify_with_zarr(dataset, case, role)
+    except (ValueError, KeyError) as error:  # zarr.json itself damaged: not JSON, or fields missing
+        return ShardCheck(dataset.name, case, role, (f"{name}: unreadable array metadata ({error!r}) in {folder / 'zarr.json'}",), False)
     problems = _shape_problems(dataset, case, role, reader.shape) + reader.damage()
     return ShardCheck(dataset.name, case, role, tuple(problems), reader.chunk_checksum)
 

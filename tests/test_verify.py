@@ -75,7 +75,7 @@ def test_broken_shards_are_listed_by_name_and_exit_1(store, capsys):
     assert "has no dataset 'nope'" in capsys.readouterr().err
 
 
-def test_a_shard_index_flip_a_missing_shard_and_a_wrong_shape_are_each_named(store):
+def test_an_index_flip_a_missing_shard_a_wrong_shape_and_bad_metadata_are_each_named(store):
     index_flipped = shard(store, "alpha", "a1", "target")
     flip_byte(index_flipped, index_flipped.stat().st_size - 10)
     shard(store, "alpha", "a2", "target").unlink()
@@ -84,9 +84,11 @@ def test_a_shard_index_flip_a_missing_shard_and_a_wrong_shape_are_each_named(sto
     metadata["shape"] = [SHAPE[0] - 1, *SHAPE[1:]]  # no longer what the case's record says
     metadata["chunk_grid"]["configuration"]["chunk_shape"] = metadata["shape"]
     metadata_path.write_text(json.dumps(metadata))
+    (store / "beta.zarr" / "b1" / "target" / "0" / "zarr.json").write_text("{not json")
     check = verify_store(store)
     problems = {(s.dataset, s.case, s.role): s.problems for s in check.broken}
-    assert set(problems) == {("alpha", "a1", "target"), ("alpha", "a2", "target"), ("beta", "b1", "image")}
+    assert set(problems) == {("alpha", "a1", "target"), ("alpha", "a2", "target"), ("beta", "b1", "image"), ("beta", "b1", "target")}
+    assert problems["beta", "b1", "target"][0].startswith("beta/b1/target: unreadable array metadata (")
     assert problems["alpha", "a1", "target"][0].startswith("alpha/a1/target: shard index checksum mismatch (shard ")
     assert problems["alpha", "a2", "target"][0].startswith("alpha/a2/target: shard missing (")
     assert problems["beta", "b1", "image"][0] == "beta/b1/image: shape (5, 16, 20), the case's record says (6, 16, 20)"

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
 DECODERS = ("paper", "unet")
 DATASET_WEIGHTINGS = ("uniform", "sqrt-slices")
+SLOT_SHARES = ("learned", "task")
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,25 @@ class ModelConfig:
     # Departure from the paper, unet decoder only: a learned per-pixel gate adds the pair's own
     # image to the painting (mvg.model.UNetDecoder)
     image_residual: bool = False
+    # Departure from the paper, unet decoder only: the decoder also sorts every pixel into one of
+    # `readout_slots` slots; a slot's colour is the mean prompt target over the prompt pixels the
+    # same decoder sorts into it, and a learned per-pixel share mixes this slot painting into the
+    # regression (0 = off; mvg.model.slot_colours). Reading a random colouring is then exact by
+    # construction: the model need only sort prompt and query pixels alike.
+    readout_slots: int = 0
+    # How the slot painting is mixed in: "learned" (a per-pixel share the decoder paints, read from
+    # the prompt like everything else) or "task" (all of it for segmentation episodes, none for
+    # image tasks: inference says its task, and the slots' sorting then never blurs a denoising)
+    slot_share: str = "learned"
     # "paper" decoder only: 0 = as the paper; > 0 adds a full-resolution conv stem over the pair's image
     pixel_skip_channels: int = 0
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
             raise ValueError(f"model.decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
-        for option in ("prompt_readout", "image_residual"):
+        if self.slot_share not in SLOT_SHARES:
+            raise ValueError(f"model.slot_share {self.slot_share!r} is not one of {', '.join(SLOT_SHARES)}")
+        for option in ("prompt_readout", "image_residual", "readout_slots"):
             if getattr(self, option) and self.decoder != "unet":
                 raise ValueError(f"model.{option} needs model.decoder = 'unet'")
         if self.decoder == "unet" and self.patch_size & (self.patch_size - 1):
@@ -82,6 +95,13 @@ class ObjectiveConfig:
     # autoregressive sequence, predicted from Px_1 alone. Its colours are drawn per episode, so
     # nothing in the input says them; the paper keeps it (1.0), which rewards painting the mean level.
     unprompted_segmentation_weight: float = 1.0
+    # With `model.readout_slots`: weight of the slot likelihood on segmentation queries, the
+    # negative log of sum_k slot_k(pixel) * N(target; colour_k, slot_sigma) -- a cross-entropy for
+    # slots whose identities are arbitrary (mvg.objectives.slot_likelihood). The smooth L1 on grey
+    # levels alone gives a unsure pixel a constant pull towards the median level; this loss pulls
+    # it towards the slot whose prompt colour it has, as a classifier's cross-entropy would.
+    slot_likelihood_weight: float = 0.0
+    slot_sigma: float = 0.02  # the palette's levels lie 1/16 apart
 
 
 @dataclass(frozen=True)
@@ -164,9 +184,11 @@ PRESETS: dict[str, MVGConfig] = {
         name="tiny-cpu",
         model=ModelConfig(
             image_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=3, decoder_channels=32, drop_path=0.0,
-            decoder="unet", prompt_readout=True, image_residual=True,
+            decoder="unet", prompt_readout=True, image_residual=True, readout_slots=16, slot_share="task",
         ),
-        objective=ObjectiveConfig(mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0),
+        objective=ObjectiveConfig(
+            mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0, slot_likelihood_weight=0.05
+        ),
         data=DataConfig(resize=64, crop=64, dataset_weighting="sqrt-slices"),
         optim=OptimConfig(lr=1e-3, warmup_steps=40, steps=800, batch_size=8, bf16=False),
     ),

@@ -233,8 +233,14 @@ def _sample_montage(model: MVG, episodes: list[Episode], device: torch.device) -
     batch = collate(episodes)
     was_training = model.training
     model.eval()
-    predictions = model.predict(
-        batch["query_image"].to(device), batch["prompt_images"].to(device), batch["prompt_targets"].to(device)
+    predictions = torch.cat(  # one task at a time: a model may paint segmentation and images differently
+        [
+            model.predict(
+                batch["query_image"][i : i + 1].to(device), batch["prompt_images"][i : i + 1].to(device),
+                batch["prompt_targets"][i : i + 1].to(device), episode.task,
+            )
+            for i, episode in enumerate(episodes)
+        ]
     ).float().cpu()
     model.train(was_training)
     rows = [

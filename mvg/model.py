@@ -37,6 +37,7 @@ from mvg.config import TASKS, ModelConfig, MVGConfig
 from mvg.objectives import block_causal_mask
 
 IMAGE, TARGET = 0, 1  # role embeddings
+SLOT_SHARE_BIAS = -4.0
 
 
 class Decoder(nn.Module):
@@ -117,12 +118,25 @@ class UNetDecoder(nn.Module):
         # identity (their targets are mostly the input), and segmentation learns to close the gate;
         # which task it is, the model reads from the prompt pair, as everything else
         self.residual = config.image_residual
-        self.out = nn.Conv2d(widths[0], 2 if self.residual else 1, 1)
+        # with `readout_slots` K more channels sort each pixel into one of K slots (softmax) and
+        # one more mixes the slot painting into the regression (MVG.paint_slots)
+        self.slots = config.readout_slots
+        self.out = nn.Conv2d(widths[0], 1 + self.residual + (self.slots + 1 if self.slots else 0), 1)
+        if self.slots:  # the slot painting starts nearly shut (2 %): image tasks keep their regression
+            with torch.no_grad():
+                self.out.bias[-1] = SLOT_SHARE_BIAS
 
     def forward(self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None) -> torch.Tensor:
         """features (B, T, 4D) of one image's tokens and the pair's image (B, 1, H, W) -> (B, 1, H, W);
         `carried`: with a prompt read-out, the prompt target carried to this image (zeros when
-        nothing comes before it)."""
+        nothing comes before it). The regression painting alone: with slots see `heads`."""
+        return self.heads(features, image, carried)[0]
+
+    def heads(
+        self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The regression painting (B, 1, H, W) and, with `readout_slots`, the slot logits
+        (B, K, H, W) and the logit of the slot painting's share (B, 1, H, W); else None, None."""
         if image is None:
             raise ValueError("the unet decoder paints from the pair's image: pass it")
         batch = features.shape[0]
@@ -138,10 +152,13 @@ class UNetDecoder(nn.Module):
             x = F.interpolate(x, size=skips[level].shape[-2:], mode="bilinear", align_corners=False)
             joined = [x, skips[level]] + ([image] + ([carried.to(x.dtype)] if carried is not None else []) if level == 0 else [])
             x = self.up[level](torch.cat(joined, dim=1))
-        if not self.residual:
-            return self.out(x)
-        painted, gate = self.out(x).split(1, dim=1)
-        return painted + torch.sigmoid(gate) * image
+        out = self.out(x)
+        painted, out = out[:, :1], out[:, 1:]
+        if self.residual:
+            painted, out = painted + torch.sigmoid(out[:, :1]) * image, out[:, 1:]
+        if not self.slots:
+            return painted, None, None
+        return painted, out[:, : self.slots], out[:, self.slots :]
 
 
 def _conv_pair(channels_in: int, channels_out: int, stride: int = 1, norm: bool = False) -> nn.Sequential:
@@ -208,19 +225,22 @@ class PromptReadout(nn.Module):
 class PromptCache:
     """Per block, the keys and values of the prompt tokens: (B, heads, tokens, head_dim) each;
     with a prompt read-out also the prompt images' decoder features (B, k * T, 4D) and the prompt
-    targets (B, k, 1, H, W)."""
+    targets (B, k, 1, H, W); with slots the slot colours read from the prompts (B, K)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     pairs: int
     image_features: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    slot_colours: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> PromptCache:
+        def rows_of(tensor):
+            return None if tensor is None else tensor[rows]
+
         return PromptCache(
             [k[rows] for k in self.keys], [v[rows] for v in self.values], self.pairs,
-            None if self.image_features is None else self.image_features[rows],
-            None if self.targets is None else self.targets[rows],
+            rows_of(self.image_features), rows_of(self.targets), rows_of(self.slot_colours),
         )
 
 
@@ -300,16 +320,61 @@ class MVG(nn.Module):
         pixels: torch.Tensor,
         prompt_images_at: Sequence[int] = (),
         prompt_targets: torch.Tensor | None = None,
+        prompt_images: torch.Tensor | None = None,
+        segmentation: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The target painted from the tokens of sequence image `image`; `pixels` is the pair's
-        own image (used by the skip decoders). With a prompt read-out, the prompt images at
-        sequence positions `prompt_images_at` and their `prompt_targets` (B, k, 1, H, W) are what
-        it reads; none: nothing is carried (zeros)."""
+        own image (used by the skip decoders). The read-outs (prompt read-out, slots) read the
+        prompt images at sequence positions `prompt_images_at`, their pixels `prompt_images` and
+        their `prompt_targets` (B, k, 1, H, W); none: nothing is carried (zeros), no slot painting.
+        `segmentation` (B,) bool: which rows are segmentation episodes (`slot_share = "task"`)."""
+        return self.decode_parts(features, image, pixels, prompt_images_at, prompt_targets, prompt_images, segmentation)[0]
+
+    def decode_parts(
+        self,
+        features: torch.Tensor,
+        image: int,
+        pixels: torch.Tensor,
+        prompt_images_at: Sequence[int] = (),
+        prompt_targets: torch.Tensor | None = None,
+        prompt_images: torch.Tensor | None = None,
+        segmentation: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`decode`, with the slot logits (B, K, H, W) and slot colours (B, K) it painted from
+        (None, None without slots or without prompts): what the slot likelihood loss scores."""
         own = self._tokens_of(features, image)
-        if self.readout is None:
-            return self.decoder(own, pixels)
         prompts = [self._tokens_of(features, at) for at in prompt_images_at]
-        return self.decoder(own, pixels, self._carried(own, prompts, prompt_targets, pixels))
+        carried = self._carried(own, prompts, prompt_targets, pixels) if self.readout is not None else None
+        colours = self._slot_colours(prompts, prompt_images, prompt_targets) if self.config.readout_slots and prompts else None
+        return self._paint(own, pixels, carried, colours, segmentation)
+
+    def _paint(
+        self,
+        own: torch.Tensor,
+        pixels: torch.Tensor,
+        carried: torch.Tensor | None,
+        colours: torch.Tensor | None,
+        segmentation: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        if self.config.decoder != "unet":
+            return self.decoder(own, pixels), None, None
+        painted, slot_logits, share = self.decoder.heads(own, pixels, carried)
+        if colours is None:  # no prompt before this image: the regression alone
+            return painted, None, None
+        share = torch.sigmoid(share)
+        if self.config.slot_share == "task":
+            if segmentation is None:
+                raise ValueError("this model paints segmentation in slots and images by regression: say which rows are segmentation")
+            share = segmentation.to(painted.dtype).view(-1, 1, 1, 1).expand_as(share)
+        return painted + share * (paint_slots(slot_logits, colours) - painted), slot_logits, colours
+
+    def _slot_colours(self, prompts: Sequence[torch.Tensor], prompt_images: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
+        """Each slot's colour read from the prompt pairs: (B, K). A prompt image's slots are
+        sorted by the same decoder with nothing carried, in training and at inference alike."""
+        if prompt_images is None:
+            raise ValueError("this model reads slot colours from the prompts: pass the prompt images")
+        logits = torch.stack([self.decoder.heads(tokens, prompt_images[:, i])[1] for i, tokens in enumerate(prompts)], dim=1)
+        return slot_colours(logits, prompt_targets)
 
     def _tokens_of(self, features: torch.Tensor, image: int) -> torch.Tensor:
         tokens = self.config.tokens_per_image
@@ -330,6 +395,7 @@ class MVG(nn.Module):
         query_target: torch.Tensor,
         prompt_masks: torch.Tensor,
         query_mask: torch.Tensor,
+        segmentation: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked image modelling, full attention. prompt_* (B, k, 1, H, W), masks (B, k, T) and
         (B, T). Returns the repainted prompt targets (B, k, 1, H, W) and query target (B, 1, H, W)."""
@@ -345,13 +411,19 @@ class MVG(nn.Module):
             [self.decode(features, 2 * pair + 1, prompt_images[:, pair]) for pair in range(pairs)], dim=1
         )
         prompt_images_at = [2 * pair for pair in range(pairs)]
-        return prompt_outputs, self.decode(features, 2 * pairs + 1, query_image, prompt_images_at, prompt_targets)
+        return prompt_outputs, self.decode(features, 2 * pairs + 1, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation)
 
     def forward_ar(
-        self, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, query_image: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self,
+        prompt_images: torch.Tensor,
+        prompt_targets: torch.Tensor,
+        query_image: torch.Tensor,
+        with_slots: bool = False,
+        segmentation: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """Autoregressive, block-causal: [Px_1, Py_1, ..., Px_k, Py_k, X]. The output at each image
-        predicts the next one: returns the predictions of Py_1..Py_k (B, k, 1, H, W) and of Y."""
+        predicts the next one: returns the predictions of Py_1..Py_k (B, k, 1, H, W) and of Y;
+        `with_slots` also the query's slot logits and slot colours (see `decode_parts`)."""
         pairs = prompt_images.shape[1]
         sequence = []
         for pair in range(pairs):
@@ -364,13 +436,17 @@ class MVG(nn.Module):
         # Py_i is painted from the pairs before it: the read-out sees those alone
         prompt_outputs = torch.stack(
             [
-                self.decode(features, 2 * pair, prompt_images[:, pair], [2 * j for j in range(pair)], prompt_targets[:, :pair])
+                self.decode(
+                    features, 2 * pair, prompt_images[:, pair], [2 * j for j in range(pair)], prompt_targets[:, :pair],
+                    prompt_images[:, :pair], segmentation,
+                )
                 for pair in range(pairs)
             ],
             dim=1,
         )
         prompt_images_at = [2 * pair for pair in range(pairs)]
-        return prompt_outputs, self.decode(features, 2 * pairs, query_image, prompt_images_at, prompt_targets)
+        query = self.decode_parts(features, 2 * pairs, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation)
+        return (prompt_outputs, *query) if with_slots else (prompt_outputs, query[0])
 
     # ------------------------------------------------------------------------ inference
 
@@ -391,21 +467,23 @@ class MVG(nn.Module):
         )
         mask = block_causal_mask(2 * pairs, self.config.tokens_per_image, device=tokens.device)
         keys, values, features = [], [], []
+        reads_prompts = self.readout is not None or bool(self.config.readout_slots)
         for depth, block in enumerate(self.blocks):
             _, key, value = _qkv(block, block.norm1(tokens))
             keys.append(key)
             values.append(value)
             tokens = block(tokens, attn_mask=mask)
-            if self.readout is not None:
+            if reads_prompts:
                 features += self._features_at(depth, tokens)
-        if self.readout is None:
+        if not reads_prompts:
             return PromptCache(keys, values, pairs)
         features = torch.cat(features, dim=-1)
-        image_features = torch.cat([self._tokens_of(features, 2 * pair) for pair in range(pairs)], dim=1)
-        return PromptCache(keys, values, pairs, image_features, prompt_targets)
+        prompts = [self._tokens_of(features, 2 * pair) for pair in range(pairs)]
+        colours = self._slot_colours(prompts, prompt_images, prompt_targets) if self.config.readout_slots else None
+        return PromptCache(keys, values, pairs, torch.cat(prompts, dim=1), prompt_targets, colours)
 
     @torch.no_grad()
-    def predict_cached(self, query: torch.Tensor, cache: PromptCache) -> torch.Tensor:
+    def predict_cached(self, query: torch.Tensor, cache: PromptCache, task: str = "segmentation") -> torch.Tensor:
         """Query images (B, 1, H, W) against cached prompts (batch 1 or B) -> (B, 1, H, W) in [0, 1]."""
         tokens = self.embed(query, IMAGE, cache.pairs)
         features = []
@@ -413,10 +491,8 @@ class MVG(nn.Module):
             tokens = _block_with_prefix(block, tokens, cache.keys[depth], cache.values[depth])
             features += self._features_at(depth, tokens)
         features = torch.cat(features, dim=-1)
-        if self.readout is None:
-            return self.decoder(features, query).clamp(0, 1)
-        carried = self._carried(features, [cache.image_features], cache.targets, query)
-        return self.decoder(features, query, carried).clamp(0, 1)
+        carried = None if self.readout is None else self._carried(features, [cache.image_features], cache.targets, query)
+        return self._paint(features, query, carried, cache.slot_colours, _task_rows(query, task))[0].clamp(0, 1)
 
     @torch.no_grad()
     def predict(
@@ -437,14 +513,36 @@ class MVG(nn.Module):
         prompts = torch.cat([prompt_images, prompt_targets], dim=1).flatten(1)
         unique, rows = torch.unique(prompts, dim=0, return_inverse=True)
         cache = self.encode_prompts(prompt_images[_first_rows(rows, len(unique))], prompt_targets[_first_rows(rows, len(unique))])
-        return self.predict_cached(query, cache.select(rows))
+        return self.predict_cached(query, cache.select(rows), task)
 
     @torch.no_grad()
     def predict_uncached(
-        self, query: torch.Tensor, prompt_images: torch.Tensor, prompt_targets: torch.Tensor
+        self, query: torch.Tensor, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, task: str = "segmentation"
     ) -> torch.Tensor:
         """The same prediction by re-encoding prompts with every query (the naive path; benchmarks)."""
-        return self.forward_ar(prompt_images, prompt_targets, query)[1].clamp(0, 1)
+        return self.forward_ar(prompt_images, prompt_targets, query, segmentation=_task_rows(query, task))[1].clamp(0, 1)
+
+
+def slot_colours(slot_logits: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
+    """The colour of each slot: the mean prompt target over the prompt pixels sorted into it.
+
+    slot_logits (B, k, K, H, W) of the prompt images, prompt_targets (B, k, 1, H, W) -> (B, K). A
+    slot the prompts leave empty reads as background (0): a hundredth of a pixel's prior mass,
+    small enough not to pull a ten-pixel structure's level towards 0 by more than 0.1 %."""
+    weights = torch.softmax(slot_logits.float(), dim=2)
+    mass = weights.sum(dim=(1, 3, 4))
+    return (weights * prompt_targets.float()).sum(dim=(1, 3, 4)) / (mass + 0.01)
+
+
+def paint_slots(slot_logits: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """Each pixel painted in its slots' colours: (B, K, H, W) logits, (B or 1, K) -> (B, 1, H, W)."""
+    weights = torch.softmax(slot_logits.float(), dim=1)
+    return (weights * colours[:, :, None, None]).sum(dim=1, keepdim=True).to(slot_logits.dtype)
+
+
+def _task_rows(query: torch.Tensor, task: str) -> torch.Tensor:
+    """(B,) bool: every row of `query` is a `task` episode -- or not segmentation."""
+    return torch.full((query.shape[0],), task == "segmentation", dtype=torch.bool, device=query.device)
 
 
 def _first_rows(inverse: torch.Tensor, count: int) -> torch.Tensor:

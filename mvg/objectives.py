@@ -73,3 +73,13 @@ def weighted_smooth_l1(prediction: torch.Tensor, target: torch.Tensor, weights: 
     loss = F.smooth_l1_loss(prediction.float(), target.float(), beta=beta, reduction="none")
     weighted = (loss * weights).flatten(1).sum(1)
     return weighted / weights.flatten(1).sum(1).clamp_min(1e-6)
+
+
+def slot_likelihood(slot_logits: torch.Tensor, colours: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Per-sample weighted mean over pixels of -log sum_k p_k N(target; colour_k, sigma), the
+    Gaussian's constant dropped: (B,) losses. slot_logits (B, K, H, W), colours (B, K), target and
+    weights (B, 1, H, W). Minimal where each pixel sits in a slot whose colour is its level."""
+    log_slots = torch.log_softmax(slot_logits.float(), dim=1)
+    distance = (target.float() - colours.float()[:, :, None, None]) ** 2 / (2 * sigma**2)
+    nll = -torch.logsumexp(log_slots - distance, dim=1, keepdim=True)
+    return (nll * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1e-6)

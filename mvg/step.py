@@ -13,7 +13,7 @@ from torch import nn
 
 from mvg.config import TASKS, ObjectiveConfig
 from mvg.model import MVG
-from mvg.objectives import block_mask, patch_mask_to_pixels, target_weights, weighted_smooth_l1
+from mvg.objectives import block_mask, patch_mask_to_pixels, slot_likelihood, target_weights, weighted_smooth_l1
 
 
 def episode_losses(
@@ -34,16 +34,21 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
     is_segmentation = batch["is_segmentation"]
     rows, pairs = prompt_images.shape[:2]
     config = model.config
+    slot_logits = colours = None
     if is_mim:
         prompt_masks = block_mask(rows * pairs, config.grid, objective.mask_ratio, 0.0, generator).view(rows, pairs, -1)
         query_mask = block_mask(rows, config.grid, objective.mask_ratio, objective.whole_target_probability, generator)
         device = query_image.device
         prompt_masks, query_mask = prompt_masks.to(device), query_mask.to(device)
-        prompt_out, query_out = model.forward_mim(prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask)
+        prompt_out, query_out = model.forward_mim(
+            prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask, segmentation=is_segmentation
+        )
         prompt_pixels = patch_mask_to_pixels(prompt_masks.flatten(0, 1), config.grid, config.patch_size).view_as(prompt_targets)
         query_pixels = patch_mask_to_pixels(query_mask, config.grid, config.patch_size)
     else:
-        prompt_out, query_out = model.forward_ar(prompt_images, prompt_targets, query_image)
+        prompt_out, query_out, slot_logits, colours = model.forward_ar(
+            prompt_images, prompt_targets, query_image, with_slots=True, segmentation=is_segmentation
+        )
         prompt_pixels, query_pixels = torch.ones_like(prompt_targets), torch.ones_like(query_target)
 
     def loss(prediction, target, pixels):
@@ -55,7 +60,12 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
     weights = torch.ones(rows, len(per_target), device=query_image.device)
     if not is_mim:  # Py_1 is painted from Px_1 alone: for segmentation it has no colours to read
         weights[:, 1] = torch.where(is_segmentation, objective.unprompted_segmentation_weight, 1.0)
-    return (torch.stack(per_target, dim=1) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6)
+    losses = (torch.stack(per_target, dim=1) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6)
+    if not is_mim and slot_logits is not None and objective.slot_likelihood_weight:
+        pixel_weights = target_weights(query_target, is_segmentation, objective.background_weight)
+        likelihood = slot_likelihood(slot_logits, colours, query_target, pixel_weights, objective.slot_sigma)
+        losses = losses + objective.slot_likelihood_weight * torch.where(is_segmentation, likelihood, 0.0)
+    return losses
 
 
 class HybridObjective(nn.Module):

@@ -8,8 +8,8 @@ import torch
 
 from mvg.colouring import binary, random_colouring
 from mvg.config import PRESETS, ObjectiveConfig, preset
-from mvg.model import MVG
-from mvg.objectives import block_causal_mask, block_mask, target_weights
+from mvg.model import MVG, paint_slots, slot_colours
+from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights
 from mvg.step import episode_losses
 from storage.phantoms import phantom_case
 
@@ -117,7 +117,8 @@ PAPER = {"decoder": "paper", "prompt_readout": False, "image_residual": False}  
 
 
 @pytest.mark.parametrize("decoder", [PAPER, {**PAPER, "pixel_skip_channels": 8}, {"decoder": "unet"}, {"decoder": "unet", "fuse_pairs": True},
-                                     {"decoder": "unet", "prompt_readout": True, "image_residual": True}])
+                                     {"decoder": "unet", "prompt_readout": True, "image_residual": True},
+                                     {"decoder": "unet", "readout_slots": 8}, {"decoder": "unet", "readout_slots": 8, "slot_share": "task"}])
 def test_every_decoder_keeps_the_prompt_cache_exact_and_block_causality(decoder):
     model = tiny(**decoder)
     px, py, x, _ = images(2, 1)
@@ -189,6 +190,81 @@ def test_image_residual_gate_opens_to_the_identity_and_closes_to_the_painting():
         assert torch.allclose(model.decoder(features, image), torch.full_like(image, 0.25), atol=1e-6)
     with pytest.raises(ValueError, match="image_residual"):
         preset("tiny-cpu").with_overrides(model={**PAPER, "image_residual": True})
+
+
+def test_slot_colours_are_the_prompts_mean_level_per_slot():
+    """Hard slots: a slot's colour is the mean prompt target over its pixels, over all prompt
+    pairs; a slot no prompt pixel falls in reads as background."""
+    logits = torch.full((1, 2, 3, 2, 2), -30.0)
+    logits[0, :, 0, 0, :] = 30.0  # top row of both prompts in slot 0
+    logits[0, :, 1, 1, :] = 30.0  # bottom row in slot 1; slot 2 empty
+    targets = torch.tensor([[[[0.25, 0.75], [0.5, 0.5]]], [[[0.5, 0.5], [1.0, 1.0]]]]).unsqueeze(0)
+    colours = slot_colours(logits, targets)
+    assert torch.allclose(colours, torch.tensor([[0.5, 0.75, 0.0]]), atol=5e-3)  # 4 pixels against 0.01 prior mass
+    painted = paint_slots(logits[:, 0], colours)
+    assert torch.allclose(painted, torch.tensor([[[[0.5, 0.5], [0.75, 0.75]]]]), atol=5e-3)
+
+
+def test_slot_readout_reads_a_recoloured_prompt_exactly():
+    """With the slot share wide open the query is painted in the prompt's own levels: the same
+    images with the prompt's two levels swapped paint the query with them swapped (the slot sorts
+    do not see the prompt target: they come from the images)."""
+    model = tiny(decoder="unet", readout_slots=4, image_residual=False, prompt_readout=False)
+    with torch.no_grad():
+        model.decoder.out.bias[-1] = 30.0  # the slot painting's share: all
+    px, _, x, _ = images(1, 1)
+    structure = px > 0.5
+    low_high = torch.where(structure, 0.25, 0.75)
+    high_low = torch.where(structure, 0.75, 0.25)
+    painted = model.predict_uncached(x, px, low_high)
+    swapped = model.predict_uncached(x, px, high_low)
+    assert torch.allclose(painted + swapped, torch.ones_like(painted), atol=1e-4), "the levels are read, not painted"
+    assert torch.allclose(model.predict(x, px, low_high), painted, atol=1e-5)
+    with pytest.raises(ValueError, match="readout_slots"):
+        preset("tiny-cpu").with_overrides(model={**PAPER, "readout_slots": 4})
+
+
+def test_task_slot_share_paints_segmentation_in_prompt_levels_and_images_by_regression():
+    model = tiny(decoder="unet", readout_slots=4, slot_share="task")
+    px, _, x, _ = images(1, 1)
+    levels = torch.where(px > 0.5, 0.25, 0.75)
+    segmentation = model.predict(x, px, levels, task="segmentation")
+    assert float(segmentation.min()) >= 0.25 - 1e-4 and float(segmentation.max()) <= 0.75 + 1e-4, "a mix of the prompt's levels"
+    swapped = model.predict(x, px, 1 - levels, task="segmentation")
+    assert torch.allclose(segmentation + swapped, torch.ones_like(segmentation), atol=1e-4)
+    denoised = model.predict(x, px, levels, task="denoising")
+    with torch.no_grad():
+        features = model.forward_ar(px, levels, x, segmentation=torch.tensor([False]))[1]
+    assert torch.allclose(denoised, features.clamp(0, 1), atol=1e-5)
+    assert not torch.allclose(denoised, segmentation, atol=1e-3)
+    with pytest.raises(ValueError, match="segmentation"):
+        model.forward_ar(px, levels, x)
+    with pytest.raises(ValueError, match="slot_share"):
+        preset("tiny-cpu").with_overrides(model={"slot_share": "sometimes"})
+
+
+def test_slot_likelihood_rewards_the_slot_whose_colour_is_the_level():
+    colours = torch.tensor([[0.25, 0.75]])
+    target = torch.full((1, 1, 2, 2), 0.75)
+    weights = torch.ones_like(target)
+    right = torch.tensor([-5.0, 5.0]).view(1, 2, 1, 1).expand(1, 2, 2, 2)
+    wrong = right.flip(1)
+    assert float(slot_likelihood(right, colours, target, weights, 0.02)) < 0.01
+    assert float(slot_likelihood(wrong, colours, target, weights, 0.02)) > 9.0
+    # slot identities are arbitrary: the same sort with slots and colours relabelled scores the same
+    assert torch.allclose(slot_likelihood(wrong, colours.flip(1), target, weights, 0.02), slot_likelihood(right, colours, target, weights, 0.02))
+
+
+def test_slot_likelihood_is_added_on_segmentation_episodes_only():
+    model = tiny(decoder="unet", readout_slots=4)
+    px, py, x, y = images(2, 1)
+    py, y = (py > 0.5).float(), (y > 0.5).float()
+    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
+             "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+    plain = episode_losses(model, batch, ObjectiveConfig())
+    with_likelihood = episode_losses(model, batch, ObjectiveConfig(slot_likelihood_weight=1.0))
+    assert float(with_likelihood[0]) > float(plain[0]) + 0.1
+    assert float(with_likelihood[1]) == pytest.approx(float(plain[1]))
 
 
 def test_unet_decoder_needs_a_power_of_two_patch():

@@ -43,6 +43,9 @@ class ModelConfig:
     # Departure from the paper, unet decoder only: a learned per-pixel gate adds the pair's own
     # image to the painting (mvg.model.UNetDecoder)
     image_residual: bool = False
+    # image residual: start as the identity (the painted correction at 0, the gate open), where
+    # denoising, inpainting and synthesis are scored against the identity; else a random start
+    residual_starts_open: bool = False
     # Departure from the paper, unet decoder only: the decoder also sorts every pixel into one of
     # `readout_slots` slots; a slot's colour is the mean prompt target over the prompt pixels the
     # same decoder sorts into it, and a learned per-pixel share mixes this slot painting into the
@@ -187,7 +190,7 @@ PRESETS: dict[str, MVGConfig] = {
             decoder="unet", prompt_readout=True, image_residual=True, readout_slots=16, slot_share="task",
         ),
         objective=ObjectiveConfig(
-            mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0, slot_likelihood_weight=0.05
+            mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0, slot_likelihood_weight=0.01
         ),
         data=DataConfig(resize=64, crop=64, dataset_weighting="sqrt-slices"),
         optim=OptimConfig(lr=1e-3, warmup_steps=40, steps=800, batch_size=8, bf16=False),

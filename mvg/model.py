@@ -38,6 +38,7 @@ from mvg.objectives import block_causal_mask
 
 IMAGE, TARGET = 0, 1  # role embeddings
 SLOT_SHARE_BIAS = -4.0
+RESIDUAL_GATE_BIAS = 5.0  # sigmoid(5) = 0.993: the identity, give or take 0.7 %
 
 
 class Decoder(nn.Module):
@@ -122,6 +123,10 @@ class UNetDecoder(nn.Module):
         # one more mixes the slot painting into the regression (MVG.paint_slots)
         self.slots = config.readout_slots
         self.out = nn.Conv2d(widths[0], 1 + self.residual + (self.slots + 1 if self.slots else 0), 1)
+        if self.residual and config.residual_starts_open:
+            with torch.no_grad():
+                self.out.weight[:2].zero_()
+                self.out.bias[:2] = torch.tensor([0.0, RESIDUAL_GATE_BIAS])
         if self.slots:  # the slot painting starts nearly shut (2 %): image tasks keep their regression
             with torch.no_grad():
                 self.out.bias[-1] = SLOT_SHARE_BIAS
@@ -327,7 +332,8 @@ class MVG(nn.Module):
         own image (used by the skip decoders). The read-outs (prompt read-out, slots) read the
         prompt images at sequence positions `prompt_images_at`, their pixels `prompt_images` and
         their `prompt_targets` (B, k, 1, H, W); none: nothing is carried (zeros), no slot painting.
-        `segmentation` (B,) bool: which rows are segmentation episodes (`slot_share = "task"`)."""
+        `segmentation` (B,) bool: which rows are segmentation episodes (`slot_share = "task"`; None:
+        all of them, as `predict`'s default task)."""
         return self.decode_parts(features, image, pixels, prompt_images_at, prompt_targets, prompt_images, segmentation)[0]
 
     def decode_parts(
@@ -339,14 +345,23 @@ class MVG(nn.Module):
         prompt_targets: torch.Tensor | None = None,
         prompt_images: torch.Tensor | None = None,
         segmentation: torch.Tensor | None = None,
+        first_prompt_slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """`decode`, with the slot logits (B, K, H, W) and slot colours (B, K) it painted from
-        (None, None without slots or without prompts): what the slot likelihood loss scores."""
+        """`decode`, with the slot logits (B, K, H, W; None without slots) and the slot colours
+        (B, K) it painted from (None when it painted none): what the slot likelihood scores.
+        `first_prompt_slots`: the first prompt image's slot logits where already computed."""
         own = self._tokens_of(features, image)
         prompts = [self._tokens_of(features, at) for at in prompt_images_at]
         carried = self._carried(own, prompts, prompt_targets, pixels) if self.readout is not None else None
-        colours = self._slot_colours(prompts, prompt_images, prompt_targets) if self.config.readout_slots and prompts else None
+        colours = None
+        if self.config.readout_slots and prompts and self._paints_slots(segmentation):
+            colours = self._slot_colours(prompts, prompt_images, prompt_targets, first_prompt_slots)
         return self._paint(own, pixels, carried, colours, segmentation)
+
+    def _paints_slots(self, segmentation: torch.Tensor | None) -> bool:
+        """Whether any row is painted in slots: with the task share, a batch of image episodes
+        needs no slot colours (and no decoder pass over its prompt images to read them)."""
+        return self.config.slot_share != "task" or segmentation is None or bool(segmentation.any())
 
     def _paint(
         self,
@@ -359,21 +374,32 @@ class MVG(nn.Module):
         if self.config.decoder != "unet":
             return self.decoder(own, pixels), None, None
         painted, slot_logits, share = self.decoder.heads(own, pixels, carried)
-        if colours is None:  # no prompt before this image: the regression alone
-            return painted, None, None
+        if colours is None:  # no prompt before this image (or no slot painting): the regression alone
+            return painted, slot_logits, None
         share = torch.sigmoid(share)
-        if self.config.slot_share == "task":
-            if segmentation is None:
-                raise ValueError("this model paints segmentation in slots and images by regression: say which rows are segmentation")
-            share = segmentation.to(painted.dtype).view(-1, 1, 1, 1).expand_as(share)
+        if self.config.slot_share == "task":  # rows not said to be anything are segmentation, as in `predict`
+            rows = torch.ones(painted.shape[0], device=painted.device) if segmentation is None else segmentation
+            share = rows.to(painted.dtype).view(-1, 1, 1, 1).expand_as(share)
         return painted + share * (paint_slots(slot_logits, colours) - painted), slot_logits, colours
 
-    def _slot_colours(self, prompts: Sequence[torch.Tensor], prompt_images: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
+    def _slot_colours(
+        self,
+        prompts: Sequence[torch.Tensor],
+        prompt_images: torch.Tensor,
+        prompt_targets: torch.Tensor,
+        first_prompt_slots: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Each slot's colour read from the prompt pairs: (B, K). A prompt image's slots are
-        sorted by the same decoder with nothing carried, in training and at inference alike."""
+        sorted by the same decoder with nothing carried, in training and at inference alike; the
+        first prompt's sort is the one the autoregressive path already made painting Py_1 (nothing
+        comes before it to carry), passed as `first_prompt_slots` to save a decoder pass."""
         if prompt_images is None:
             raise ValueError("this model reads slot colours from the prompts: pass the prompt images")
-        logits = torch.stack([self.decoder.heads(tokens, prompt_images[:, i])[1] for i, tokens in enumerate(prompts)], dim=1)
+        logits = [
+            first_prompt_slots if i == 0 and first_prompt_slots is not None else self.decoder.heads(tokens, prompt_images[:, i])[1]
+            for i, tokens in enumerate(prompts)
+        ]
+        logits = torch.stack(logits, dim=1)
         return slot_colours(logits, prompt_targets)
 
     def _tokens_of(self, features: torch.Tensor, image: int) -> torch.Tensor:
@@ -434,18 +460,18 @@ class MVG(nn.Module):
         mask = block_causal_mask(images, self.config.tokens_per_image, device=query_image.device)
         features = self.encode(torch.cat(sequence, dim=1), attn_mask=mask)
         # Py_i is painted from the pairs before it: the read-out sees those alone
-        prompt_outputs = torch.stack(
-            [
-                self.decode(
-                    features, 2 * pair, prompt_images[:, pair], [2 * j for j in range(pair)], prompt_targets[:, :pair],
-                    prompt_images[:, :pair], segmentation,
-                )
-                for pair in range(pairs)
-            ],
-            dim=1,
-        )
+        prompt_parts = [
+            self.decode_parts(
+                features, 2 * pair, prompt_images[:, pair], [2 * j for j in range(pair)], prompt_targets[:, :pair],
+                prompt_images[:, :pair], segmentation,
+            )
+            for pair in range(pairs)
+        ]
+        prompt_outputs = torch.stack([painted for painted, _, _ in prompt_parts], dim=1)
         prompt_images_at = [2 * pair for pair in range(pairs)]
-        query = self.decode_parts(features, 2 * pairs, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation)
+        query = self.decode_parts(
+            features, 2 * pairs, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation, prompt_parts[0][1]
+        )
         return (prompt_outputs, *query) if with_slots else (prompt_outputs, query[0])
 
     # ------------------------------------------------------------------------ inference

@@ -61,7 +61,7 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
     if not is_mim:  # Py_1 is painted from Px_1 alone: for segmentation it has no colours to read
         weights[:, 1] = torch.where(is_segmentation, objective.unprompted_segmentation_weight, 1.0)
     losses = (torch.stack(per_target, dim=1) * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1e-6)
-    if not is_mim and slot_logits is not None and objective.slot_likelihood_weight:
+    if not is_mim and colours is not None and objective.slot_likelihood_weight:
         pixel_weights = target_weights(query_target, is_segmentation, objective.background_weight)
         likelihood = slot_likelihood(slot_logits, colours, query_target, pixel_weights, objective.slot_sigma)
         losses = losses + objective.slot_likelihood_weight * torch.where(is_segmentation, likelihood, 0.0)

@@ -39,7 +39,8 @@ import torch
 from benchmarks.common import machine, scratch, write_result
 from flows.pipeline import DEMO_CASES, DEMO_SIZE, DEMO_SLICES
 from mvg.config import preset
-from mvg.evaluation import evaluate_dataset, paint_volume
+from mvg.evaluation import evaluate_dataset
+from mvg.inference import paint_volume
 from mvg.model import MVG
 from mvg.train import train
 from storage.ingest import IngestOptions, dask_client, ingest

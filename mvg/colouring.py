@@ -5,7 +5,7 @@ level in (0, 1]; background is 0. The same mapping colours the prompt target and
 so the model must read which level means which structure from the prompt, not from the level.
 
 - binary:      one class against the rest at level 1 (multi-class: one pass per class, painted
-               by mvg.evaluation.paint_volume for a model trained so);
+               by mvg.inference.paint_volume for a model trained so);
 - predefined:  a fixed level per (dataset, class), the paper's sum_{i<k} i * N_i + n, scaled to (0, 1];
 - random:      levels drawn afresh per episode from an evenly spaced palette, distinct per class.
 

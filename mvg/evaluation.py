@@ -3,37 +3,14 @@ split, score them beside a trivial baseline, and lay the scores out like the pap
 
 The protocol, and our decisions where the paper is silent:
 
-- Prompt slices. Query slice n of a test volume of N_query slices is painted from slice
-  floor(n * N_prompt / N_query) of each prompt volume: the same relative depth (paper 3.3).
-  The prompt slice may hold no foreground; the model then sees an empty prompt and should paint
-  background, as in the paper's protocol, so empty slices are neither skipped nor re-drawn.
+- Painting. Every test volume is painted by `mvg.inference.paint_volume`, whose docstring holds
+  the painting decisions: the prompt slice at the same relative depth, floor(n * N_prompt /
+  N_query) (paper 3.3), empty prompt slices kept, one colouring per volume from the dataset's
+  classes, decoding among the levels the prompt shows, at the model's size.
 - Prompt draws. Each draw picks `shots` distinct training cases per test case with
   `np.random.default_rng([seed, draw, case index])`; the model and the baseline see the same draw.
   Several draws measure how much the scores depend on which training case prompts (the paper
   draws once); `shots` > 1 hands the model k prompt pairs (its autoregressive sequence).
-- Colouring. One colouring for the whole volume, from the dataset's classes, so a class has the same
-  grey level on every slice and in every draw (`mvg.inference.prompt_colouring` spreads the levels).
-- Decoding (`decode="prompt"`, the default): the nearest level among background and the levels
-  shown to the model in that slice's prompt targets (all k pairs), as `paint` and the colouring's
-  own decode do. The alternative, `decode="all"`, offers every level of the colouring. We keep
-  "prompt" because a level the prompt does not show carries no meaning the model could have
-  read: it only appears where the painted value falls between two shown levels (an edge, a
-  blurred region) or drifts in the background, and decoding it there invents a class. Worse,
-  per-volume IoU scores a class absent from the truth but predicted anywhere as 0 rather than
-  leaving it out, so a few stray voxels of a level no prompt showed would sink the volume's mIoU.
-  "prompt" also makes an empty prompt decode to background, which is what the protocol asks the
-  model to paint there. Measured on the 80 px, 7-organ phantoms with a stand-in that paints its
-  prompt target blurred (5 x 5 binomial), as a model's soft edges are: mIoU 0.30 with "prompt",
-  0.25 with "all"; with added noise (sigma 0.05) 0.22 against 0.16. A sharp copy scores the same
-  either way.
-- Decoding happens at the model's size, and the class ids are then resized to the query's size by
-  nearest pixel. `paint` instead resizes the painted levels bilinearly and decodes at the query's
-  size; with two or more classes that invents classes along every edge, because an edge between
-  level 14/16 and background passes through the levels of the other classes on its way down.
-  A stand-in that paints its prompt target exactly, at 64 px on the 80 px phantoms, scored
-  mIoU 0.41 by the bilinear route and 0.54 by decoding first, as much as the copy-the-prompt
-  baseline (0.54): the bilinear route would cap the model below the baseline for a reason that
-  has nothing to do with the model.
 - Baselines (README, "Benchmarks"): segmentation is compared with copy-the-prompt (the first prompt
   pair's target slice at the same relative depth, resized to the query by nearest pixel), the image
   tasks with identity (the query image itself). They tell whether the model beats doing nothing.
@@ -52,10 +29,9 @@ from __future__ import annotations
 
 import csv
 import math
-import operator
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -63,13 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mvg.colouring import Colouring, binary
 from mvg.config import TASKS
-from mvg.episodes import unit_float
-from mvg.inference import evaluating, image_tensor, prompt_colouring, resize_images
+from mvg.inference import image_tensor, paint_volume, prompt_slice_index, resize_images
 from mvg.metrics import SSIM_BORDER, dice_per_class, iou_per_class, mae, mean_over_classes, psnr, ssim
 from mvg.model import MVG
 from mvg.montage import prediction_montage
+from mvg.pixels import unit_float
 from storage.shards import CorruptShard
 from storage.store import StoredDataset
 
@@ -77,235 +52,9 @@ MODEL = "model"
 COPY_PROMPT = "copy-prompt"
 IDENTITY = "identity"
 BASELINE_BY_TASK = {"segmentation": COPY_PROMPT, "synthesis": IDENTITY, "inpainting": IDENTITY, "denoising": IDENTITY}
-DECODE_LEVELS = ("prompt", "all")
 IMAGE_METRICS = ("MAE", "PSNR", "SSIM")
 MASKED = " (mask)"  # suffix of the inpainting scores taken inside the mask
 MONTAGE_DEPTHS = (0.25, 0.5, 0.75)  # relative depths of the montage rows
-
-
-# ------------------------------------------------------------------------------ prompt selection
-
-
-def prompt_slice_index(n: int, prompt_slices: int, query_slices: int) -> int:
-    """The prompt slice at the same relative depth as query slice n: floor(n * N_prompt / N_query),
-    in integers so no rounding can move it. For 0 <= n < N_query it lies in [0, N_prompt); the
-    clamp only guards that promise."""
-    n, prompt_slices, query_slices = (operator.index(value) for value in (n, prompt_slices, query_slices))
-    if prompt_slices < 1 or query_slices < 1:
-        raise ValueError(f"volumes need at least one slice, got {prompt_slices} prompt and {query_slices} query slices")
-    if not 0 <= n < query_slices:
-        raise ValueError(f"query slice {n} is outside a volume of {query_slices} slices")
-    return min(n * prompt_slices // query_slices, prompt_slices - 1)
-
-
-def volume_colouring(prompt_targets: Sequence[np.ndarray], classes: Iterable[int] | None = None) -> Colouring:
-    """One colouring for a whole volume: of `classes` (the dataset's) when given, else of every class
-    found anywhere in the prompt volumes."""
-    if classes is None:
-        values = np.unique(np.concatenate([np.unique(target) for target in prompt_targets]))
-    else:
-        values = np.asarray(sorted({int(value) for value in classes}), dtype=np.int64)
-    return prompt_colouring(values)
-
-
-# ------------------------------------------------------------------------------ painting volumes
-
-
-def paint_volume(
-    model: MVG,
-    prompt_images: Sequence[np.ndarray],
-    prompt_targets: Sequence[np.ndarray],
-    query: np.ndarray,
-    task: str,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-    colouring: Colouring | None = None,
-    classes: Iterable[int] | None = None,
-    decode: str = "prompt",
-    cache: bool = True,
-    per_class: bool | None = None,
-) -> np.ndarray:
-    """Paint the target of every slice of `query` (Zq, Hq, Wq) from k prompt volumes.
-
-    prompt_images[j] (Zp_j, H_j, W_j) in [0, 1]; prompt_targets[j] the same shape: integer labels for
-    segmentation, images in [0, 1] otherwise. Query slice n is painted from slice
-    `prompt_slice_index(n, Zp_j, Zq)` of every prompt volume j. Segmentation colours the labels with
-    `colouring`, else with `volume_colouring(prompt_targets, classes)`, and decodes as `decode` says
-    (module docstring). Returns int64 labels or float32 images in [0, 1], shaped like `query`.
-    `cache=False` re-encodes the prompts with every query slice (`MVG.predict_uncached`) instead of
-    encoding each distinct prompt once (`MVG.predict`): the same prediction, slower; the baseline
-    that benchmarks/evaluate.py measures the prompt cache against. `per_class` (default: whether the
-    model was trained with binary colouring) paints one binary pass per class and gives each voxel
-    the class painted brightest, where that clears 0.5 (the paper's binary colourisation)."""
-    _check_volumes(model, prompt_images, prompt_targets, query, task, batch_size, decode)
-    if device is not None:
-        model.to(device)
-    device = next(model.parameters()).device
-    segmentation = task == "segmentation"
-    if segmentation and colouring is None:
-        colouring = volume_colouring(prompt_targets, classes)
-    if per_class is None:
-        per_class = getattr(model, "colouring", "random") == "binary"
-    # one (colouring, levels) per pass: the volume's colouring, or class c alone at level 1
-    if not segmentation:
-        passes = [(None, None)]
-    elif per_class:
-        passes = [(binary(value), _Levels.of(binary(value), device)) for value in sorted(colouring.levels)]
-    else:
-        passes = [(colouring, _Levels.of(colouring, device))]
-
-    depth, height, width = query.shape
-    painted = np.empty(query.shape, dtype=np.int64 if segmentation else np.float32)
-    size = (model.config.image_size,) * 2
-    with evaluating(model), torch.inference_mode():
-        # consecutive query slices map to the same or neighbouring prompt slices, so a batch holds
-        # few distinct prompts and MVG.predict encodes each of them once
-        for start in range(0, depth, batch_size):
-            rows = range(start, min(start + batch_size, depth))
-            queries = resize_images(image_tensor(unit_float(query[rows.start : rows.stop]), device), size)
-            painted_passes = []
-            for pass_colouring, levels in passes:
-                pairs = [
-                    _prompt_pair(images, targets, rows, depth, size, device, pass_colouring, levels)
-                    for images, targets in zip(prompt_images, prompt_targets)
-                ]
-                shown_images = torch.stack([images for images, _, _ in pairs], dim=1)
-                shown_targets = torch.stack([targets for _, targets, _ in pairs], dim=1)
-                if cache:
-                    prediction = model.predict(queries, shown_images, shown_targets, task)
-                else:
-                    prediction = model.predict_uncached(queries, shown_images, shown_targets)
-                shown = torch.stack([present for _, _, present in pairs]).any(dim=0) if segmentation else None
-                painted_passes.append((prediction[:, 0].float(), shown))
-            if segmentation:
-                if per_class:
-                    labels = _brightest_class(painted_passes, sorted(colouring.levels), decode)
-                else:
-                    (prediction, shown), (_, levels) = painted_passes[0], passes[0]
-                    allowed = shown if decode == "prompt" else torch.ones_like(shown)
-                    labels = levels.decode(prediction, allowed)  # at the model's size: see module doc
-                prediction = resize_images(labels[:, None].float(), (height, width), labels=True)[:, 0].long()
-            else:
-                prediction = painted_passes[0][0][:, None]
-                prediction = resize_images(prediction.float(), (height, width)).clamp(0, 1)[:, 0]
-            painted[rows.start : rows.stop] = prediction.cpu().numpy()
-    return painted
-
-
-def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], classes: list[int], decode: str) -> torch.Tensor:
-    """Binary passes, one per class of `classes` -> class ids: each voxel takes the class painted brightest where that clears
-    0.5, else background. With decode "prompt" a class whose prompt slice does not show it stays
-    out of that slice (as the multi-level decode does)."""
-    scores = []
-    for prediction, shown in painted:
-        allowed = shown[:, 1] if decode == "prompt" else torch.ones_like(shown[:, 1])
-        scores.append(torch.where(allowed[:, None, None], prediction, torch.zeros_like(prediction)))
-    stack = torch.stack(scores)  # (classes, N, S, S)
-    best_score, best = stack.max(dim=0)
-    ids = torch.tensor(classes, dtype=torch.int64, device=stack.device)
-    return torch.where(best_score >= 0.5, ids[best], torch.zeros_like(best))
-
-
-@dataclass(frozen=True)
-class _Levels:
-    """A colouring's levels as tensors, sorted, background first: the candidates of decoding."""
-
-    values: torch.Tensor  # (L + 1,) float32, 0 first
-    classes: torch.Tensor  # (L + 1,) int64 class of each level, 0 first
-
-    @classmethod
-    def of(cls, colouring: Colouring, device: torch.device) -> _Levels:
-        ordered = sorted(colouring.levels.items(), key=lambda item: item[1])
-        values = torch.tensor([0.0] + [level for _, level in ordered], dtype=torch.float32, device=device)
-        classes = torch.tensor([0] + [value for value, _ in ordered], dtype=torch.int64, device=device)
-        return cls(values, classes)
-
-    def present(self, coloured: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) coloured targets -> (N, L + 1) whether each level occurs; background always
-        counts as shown. Exact comparison: colouring and nearest resizing copy the float32 levels."""
-        background = torch.ones((coloured.shape[0], 1), dtype=torch.bool, device=coloured.device)
-        shown = [(coloured == level).flatten(1).any(dim=1, keepdim=True) for level in self.values[1:]]
-        return torch.cat([background, *shown], dim=1)
-
-    def decode(self, prediction: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        """(N, H, W) painted levels -> class ids by the nearest allowed level ((N, L + 1) mask).
-        One level at a time, so memory stays one slice batch; ties go to the lower level, as
-        `Colouring.decode`'s argmin over sorted levels does."""
-        best_distance = prediction.abs()  # background is always allowed
-        best = torch.zeros(prediction.shape, dtype=torch.int64, device=prediction.device)
-        for index in range(1, len(self.values)):
-            distance = (prediction - self.values[index]).abs()
-            closer = (distance < best_distance) & allowed[:, index, None, None]
-            best = torch.where(closer, self.classes[index], best)
-            best_distance = torch.where(closer, distance, best_distance)
-        return best
-
-
-def _prompt_pair(
-    images: np.ndarray,
-    targets: np.ndarray,
-    rows: range,
-    query_depth: int,
-    size: tuple[int, int],
-    device: torch.device,
-    colouring: Colouring | None,
-    levels: _Levels | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """One prompt volume's slices for a batch of query rows, at the model's size: images and
-    targets (rows, 1, S, S), and for segmentation which levels each row's target shows.
-    Each distinct slice is read, coloured and resized once, then repeated for its rows."""
-    indices = np.array([prompt_slice_index(n, len(images), query_depth) for n in rows])
-    distinct, row_slice = np.unique(indices, return_inverse=True)
-    row_slice = torch.as_tensor(row_slice, device=device)
-    shown_images = resize_images(image_tensor(unit_float(images[distinct]), device), size)
-    if colouring is None:
-        shown_targets = resize_images(image_tensor(unit_float(targets[distinct]), device), size)
-        return shown_images[row_slice], shown_targets[row_slice], None
-    coloured = colouring.colour(np.asarray(targets[distinct], dtype=np.int64))
-    shown_targets = resize_images(image_tensor(coloured, device), size, labels=True)
-    return shown_images[row_slice], shown_targets[row_slice], levels.present(shown_targets)[row_slice]
-
-
-def _check_volumes(
-    model: MVG,
-    prompt_images: Sequence[np.ndarray],
-    prompt_targets: Sequence[np.ndarray],
-    query: np.ndarray,
-    task: str,
-    batch_size: int,
-    decode: str,
-) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    if decode not in DECODE_LEVELS:
-        raise ValueError(f"unknown decode {decode!r}; expected one of {', '.join(DECODE_LEVELS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if len(prompt_images) != len(prompt_targets):
-        raise ValueError(f"{len(prompt_images)} prompt image volumes but {len(prompt_targets)} prompt target volumes")
-    pairs, most = len(prompt_images), model.config.max_pairs - 1  # one pair index is the query's
-    if not 1 <= pairs <= most:
-        raise ValueError(f"{pairs} prompt volumes given; this model takes 1 to {most}")
-    volumes = [("query", query)] + [(f"prompt_images[{j}]", v) for j, v in enumerate(prompt_images)]
-    volumes += [(f"prompt_targets[{j}]", v) for j, v in enumerate(prompt_targets)]
-    for name, volume in volumes:
-        if not isinstance(volume, np.ndarray) or volume.ndim != 3 or 0 in volume.shape:
-            raise ValueError(f"{name} must be a non-empty numpy volume (slices, height, width), got shape {np.shape(volume)}")
-    for j, (images, targets) in enumerate(zip(prompt_images, prompt_targets)):
-        if images.shape != targets.shape:
-            raise ValueError(f"prompt_images[{j}] {images.shape} and prompt_targets[{j}] {targets.shape} differ in shape")
-    unit_images = volumes[: 1 + pairs]
-    if task == "segmentation":
-        for name, targets in volumes[1 + pairs :]:
-            integral = np.issubdtype(targets.dtype, np.integer) or np.array_equal(targets, np.round(targets))
-            if not integral or targets.min() < 0:
-                raise ValueError(f"segmentation {name} must be label maps of non-negative integers")
-    else:
-        unit_images += volumes[1 + pairs :]
-    for name, volume in unit_images:
-        # NaN fails both comparisons, so it is refused too
-        if not (volume.min() >= 0 and volume.max() <= 1):
-            raise ValueError(f"{name} must be images in [0, 1] (normalise intensities first)")
 
 
 # ------------------------------------------------------------------------------ baselines

@@ -17,8 +17,8 @@ Our decisions where the paper is silent:
 - Prompt slice. Each prompt pair gives one slice (k pairs: k-shot). Segmentation takes the slice
   holding the most of the prompt's classes, then the most foreground voxels: a slice without a
   class cannot teach it. Other tasks take the middle slice. (Evaluation matches prompt slices by
-  relative depth (README, "Evaluation and promotion"); that needs volumes of one extent, which a user's prompt and input
-  need not be.)
+  relative depth, `mvg.inference.prompt_slice_index`; that needs volumes of one extent, which a
+  user's prompt and input need not be.)
 - Normalisation, per file, as ingest does it per case: `ct` windows [-100, 200] HU, `percentile`
   clips to the 0.5-99.5 percentiles. `auto` windows a volume whose values go below -500 (air in
   HU: no MR, PET or ultrasound volume has them) and uses percentiles for everything else, PNG/JPG

@@ -5,7 +5,10 @@ Format of a logged `mvg` model (what a fresh environment needs to paint with it)
 - `artifacts/weights/config.json`: `MVGConfig.to_dict()`, readable by a person;
 - `artifacts/weights/model.safetensors`: the state dict; safetensors loads without unpickling
   anything and any framework reads it;
-- `code/mvg/`: this package, so `mvg.pyfunc` and `mvg.model` import where mvg is not installed;
+- `code/mvg/`: this package, so `mvg.pyfunc` and `mvg.model` import where mvg is not installed.
+  Serving imports this module, `mvg.inference` (all painting) and the model's own modules, none of
+  which imports `storage`, `flows`, zarr, Prefect or Ray: those do not ship with the model
+  (tests/test_serving.py loads a logged model where they cannot be imported);
 - `mvg_model.py`: three lines that build `MVGPythonModel()` (MLflow's models-from-code), so the
   logged model holds no pickle at all;
 - explicit pip requirements and a tensor signature with `task` and `batch_size` params.

@@ -1,4 +1,5 @@
-"""`mvg.evaluation`: prompt slice selection, volume painting, baselines, scores and tables.
+"""`mvg.evaluation`: baselines, scores and tables; with them `mvg.inference`'s prompt slice
+selection and volume painting, which the copy-the-prompt baseline must match.
 
 A random model paints garbage, so most checks are about shapes, label values and bookkeeping. Two
 stand-in models make exact checks possible: one paints its first prompt target (it must then match
@@ -29,12 +30,11 @@ from mvg.evaluation import (
     evaluate_dataset,
     identity,
     image_scores,
-    paint_volume,
-    prompt_slice_index,
     tables,
     to_csv,
     to_markdown,
 )
+from mvg.inference import paint_volume, prompt_slice_index
 from mvg.model import MVG
 from storage.catalog import CaseRecord
 from storage.geometry import planar_geometry

@@ -43,7 +43,7 @@ from mvg.evaluation import evaluate_dataset
 from mvg.inference import paint_volume
 from mvg.model import MVG
 from mvg.train import train
-from storage.ingest import IngestOptions, dask_client, ingest
+from storage.ingest import DEFAULT_SIZE, IngestOptions, dask_client, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import PHANTOM_TASKS, write_phantoms
 
@@ -58,7 +58,7 @@ PSNR_AIM_TASKS = ("synthesis", "denoising")
 # ------------------------------------------------------------------------------ inference
 
 
-def inference_rates(slices: int = 100, size: int = 512, batch_size: int = 16, repeats: int = 2) -> dict:
+def inference_rates(slices: int = 100, size: int = DEFAULT_SIZE, batch_size: int = 16, repeats: int = 2) -> dict:
     """Slices/s of paint_volume with and without the prompt cache, best of `repeats` each, for a
     prompt of one slice (one labelled example for the whole scan, as `mvg predict` often gets:
     every query shares it) and for a prompt volume as deep as the query (the evaluation protocol:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import machine, scratch, write_result
-from storage.ingest import IngestOptions, dask_client, ingest
+from storage.ingest import DEFAULT_SIZE, IngestOptions, dask_client, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import write_phantoms
 from storage.preprocess import ct_window
@@ -108,7 +108,7 @@ def random_reads(store: Path, dataset: str, png_root: Path, samples: int, seed: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--size", type=int, default=DEFAULT_SIZE)
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--reads", type=int, default=2000)
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one, removed after)")

@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import machine, scratch, write_result
+from benchmarks.png_baseline import PngEpisodeSource, export_pngs
 from mvg.config import preset
-from mvg.episodes import EpisodeSampler, PngEpisodeSource, collate, export_pngs
+from mvg.episodes import EpisodeSampler, collate
 from mvg.model import MVG
 from mvg.step import episode_losses
-from storage.ingest import IngestOptions, dask_client, ingest
+from storage.ingest import DEFAULT_SIZE, IngestOptions, dask_client, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import write_phantoms
 
@@ -134,9 +135,9 @@ def main() -> None:
         results["loader_tiny"] = loader_rates(small, export_pngs(small, work / "png-128"), tiny.data, tiny.objective)
         print(json.dumps(results["loader_tiny"]))
         results["loader_vs_training"] = results["loader_tiny"]["zarr_episodes_per_s"] / results["train_step"]["episodes_per_s"]
-        large = build_stores(work, size=512, cases=3, slices=8, tasks=("segmentation", "synthesis"))
-        paper = replace(tiny.data, resize=512, crop=448)
-        results["loader_paper_crop"] = loader_rates(large, export_pngs(large, work / "png-512"), paper, tiny.objective, samples=60)
+        large = build_stores(work, size=DEFAULT_SIZE, cases=3, slices=8, tasks=("segmentation", "synthesis"))
+        paper = replace(tiny.data, resize=DEFAULT_SIZE, crop=448)
+        results["loader_paper_crop"] = loader_rates(large, export_pngs(large, work / f"png-{DEFAULT_SIZE}"), paper, tiny.objective, samples=60)
         print(json.dumps(results["loader_paper_crop"]))
         results["inference"] = inference_rates()
         print(json.dumps(results["inference"]))

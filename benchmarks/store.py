@@ -38,10 +38,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from benchmarks.common import machine, scratch, write_result
+from benchmarks.png_baseline import export_pngs, read_png
 from mvg.config import preset
 from mvg.episodes import EpisodeSampler
 from storage.ingest import IngestOptions, dask_client, ingest
@@ -116,29 +114,13 @@ def encode_rate(store: ZarrStore, codec: Codec) -> float:
     return sum(volume.nbytes for volume in volumes) / 1e6 / (time.perf_counter() - started)
 
 
-def png_export(store: ZarrStore, out: Path) -> None:
-    """Every stored (image, target) slice as PNG: images in 8 bits, labels as stored (uint8)."""
-    for name in store.datasets():
-        dataset = store.dataset(name)
-        for case in dataset.cases():
-            volume = dataset.read_volume(case)
-            folder = out / name / case
-            folder.mkdir(parents=True)
-            for role in ("image", "target"):
-                stack = getattr(volume, role)
-                if np.issubdtype(stack.dtype, np.floating):
-                    stack = np.round(np.clip(stack.astype(np.float32), 0, 1) * 255).astype(np.uint8)
-                for index, plane in enumerate(stack):
-                    Image.fromarray(plane).save(folder / f"{index:04d}_{role}.png")
-
-
 def png_read_rate(slices: list, reads: int, png_root: Path) -> float:
     """The same random pairs as `slice_read_rate`, decoded from the PNG export."""
     picks = random.Random(0).choices(slices, k=reads)
     started = time.perf_counter()
     for dataset, case, index in picks:
         for role in ("image", "target"):
-            np.asarray(Image.open(png_root / dataset.name / case / f"{index:04d}_{role}.png"))
+            read_png(png_root, dataset.name, case, index, role)
     return reads / (time.perf_counter() - started)
 
 
@@ -169,7 +151,7 @@ def checksum_cost(sources: list[Path], work: Path, size: int, reads: int, rounds
     }
     for figure in results.values():
         figure["change"] = figure["with"] / figure["without"] - 1
-    png_export(stores["with"], work / "png")
+    export_pngs(stores["with"].root, work / "png")
     png = statistics.median(png_read_rate(slices["with"], reads, work / "png") for _ in range(rounds))
     results["png_slice_reads_per_s"] = png
     results["store_with_checksums_vs_png"] = results["slice_reads_per_s"]["with"] / png

@@ -6,12 +6,14 @@ Every command has `--help`; errors go to stderr with a non-zero exit status.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
 from pathlib import Path
 
 from flows.predict import add_predict_parser
+from mvg.names import CANDIDATE, CHAMPION, EVALUATION_EXPERIMENT, FINETUNED, REGISTERED_MODEL, alias_uri
 from storage.home import mvg_home, store_root
 
 
@@ -43,10 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     phantoms = commands.add_parser("phantoms", help="write a synthetic dataset in nnU-Net v2 layout")
     phantoms.add_argument("--task", required=True, choices=_phantom_tasks())
-    phantoms.add_argument("--cases", type=int, default=8)
-    phantoms.add_argument("--seed", type=int, default=0)
-    phantoms.add_argument("--size", type=int, default=128, help="in-plane size in pixels")
-    phantoms.add_argument("--slices", type=int, default=32, help="slices per volume (3-D tasks)")
+    phantoms.add_argument("--cases", type=int)
+    phantoms.add_argument("--seed", type=int)
+    phantoms.add_argument("--size", type=int, help="in-plane size in pixels")
+    phantoms.add_argument("--slices", type=int, help="slices per volume (3-D tasks)")
     phantoms.add_argument("--out", type=Path, required=True, help="dataset folder to write (DIR/dataset.json)")
     phantoms.set_defaults(run=run_phantoms)
 
@@ -54,9 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("source", type=Path, help="nnU-Net v2 / MSD folder, or a manifest (.csv/.json)")
     ingest.add_argument("--spec", help="built-in dataset spec to read it with (see `mvg datasets`)")
     ingest.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
-    ingest.add_argument("--workers", type=int, default=2, help="Dask worker processes (one case each)")
+    ingest.add_argument("--workers", type=int, help="Dask worker processes (one case each)")
     ingest.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
-    ingest.add_argument("--size", type=int, default=512, help="in-plane store size (paper: 512)")
+    ingest.add_argument("--size", type=int, help="in-plane store size (default: the paper's)")
     ingest.add_argument("--name", help="dataset name in the store (default: the spec's)")
     ingest.add_argument("--input-channel", type=int, help="channel of multi-channel cases used as input")
     ingest.add_argument("--target-channel", type=int, help="channel used as target (synthesis, denoising)")
@@ -66,8 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     real = commands.add_parser("real-store", help="ingest every public release found in a data folder (recipes: mvg datasets)")
     real.add_argument("--data", type=Path, required=True, help="folder holding the releases (acdc/, jsrt/, ldct-mayo/ ...)")
     real.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_HOME/real-store)")
-    real.add_argument("--size", type=int, default=128, help="in-plane store size")
-    real.add_argument("--workers", type=int, default=1, help="Dask worker processes (one case each)")
+    real.add_argument("--size", type=int, help="in-plane store size")
+    real.add_argument("--workers", type=int, help="Dask worker processes (one case each)")
     real.add_argument("--dask-address", help="existing Dask scheduler, e.g. tcp://host:8786")
     real.add_argument("--datasets", nargs="+", metavar="SPEC", help="only these recipes (default: every release found)")
     real.add_argument("--derived", type=Path, help="folder for files derived from the releases (default: <store>-derived beside the store)")
@@ -82,53 +84,53 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--datasets", nargs="+", metavar="D", help="with --verify: only these datasets (default: all)")
     store.set_defaults(run=run_store)
 
-    train = commands.add_parser("train", help="train on the store with Ray Train; register model `mvg` as @candidate")
-    train.add_argument("--preset", default="tiny-cpu", help="config preset: tiny-cpu, base, large")
+    train = commands.add_parser("train", help=f"train on the store with Ray Train; register model `{REGISTERED_MODEL}` as @{CANDIDATE}")
+    train.add_argument("--preset", help="config preset: tiny-cpu, base, large")
     train.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     train.add_argument("--ray-storage", help="Ray Train's checkpoints, a shared folder or s3://bucket/prefix (default: $MVG_RAY_STORAGE, else $MVG_HOME/ray)")
-    train.add_argument("--workers", type=int, default=1, help="Ray Train workers (one DDP rank each)")
-    train.add_argument("--gpus-per-worker", type=float, default=0.0)
+    train.add_argument("--workers", type=int, help="Ray Train workers (one DDP rank each)")
+    train.add_argument("--gpus-per-worker", type=float)
     train.add_argument("--cpus-per-worker", type=int, help="default: this machine's cores / workers")
     train.add_argument("--max-steps", type=int, help="optimizer steps of the run (the schedule's length)")
     train.add_argument("--stop-at", type=int, help="stop early at this step; the same --run-name goes on later")
     train.add_argument("--run-name", help="MLflow and Ray run name; an existing one resumes (default: preset-time)")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="config override, e.g. --set optim.lr=3e-4 --set model.depth=6 (repeatable)")
-    train.add_argument("--checkpoint-every", type=int, default=50, help="steps between checkpoints (the most a failure loses)")
-    train.add_argument("--log-every", type=int, default=10, help="steps between MLflow metric rows")
-    train.add_argument("--sample-every", type=int, default=100, help="steps between sample-prediction images; 0: none")
+    train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (the most a failure loses)")
+    train.add_argument("--log-every", type=int, help="steps between MLflow metric rows")
+    train.add_argument("--sample-every", type=int, help="steps between sample-prediction images; 0: none")
     train.set_defaults(run=run_train)
 
     evaluate = commands.add_parser("evaluate", help="score a model against the baselines on the store's test cases (paper Tables 2 and 3)")
-    evaluate.add_argument("--model", default="models:/mvg@candidate", help="registry URI, MLflow model folder, weights folder or checkpoint")
+    evaluate.add_argument("--model", help=f"registry URI, MLflow model folder, weights folder or checkpoint (default: {alias_uri(CANDIDATE)})")
     evaluate.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     evaluate.add_argument("--datasets", nargs="+", metavar="D", help="stored datasets (default: every one with test cases)")
-    evaluate.add_argument("--draws", type=int, default=1, help="prompt draws per dataset: mean and spread (paper reviewers)")
-    evaluate.add_argument("--shots", type=int, default=1, help="prompt pairs per query (k-shot)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the prompt draws")
+    evaluate.add_argument("--draws", type=int, help="prompt draws per dataset: mean and spread (paper reviewers)")
+    evaluate.add_argument("--shots", type=int, help="prompt pairs per query (k-shot)")
+    evaluate.add_argument("--seed", type=int, help="seed of the prompt draws")
     evaluate.add_argument("--max-cases", type=int, help="test cases per dataset (default: all)")
-    evaluate.add_argument("--no-promote", dest="promote", action="store_false", help="do not move the champion alias")
+    evaluate.add_argument("--no-promote", dest="promote", action="store_false", default=None, help="do not move the champion alias")
     add_rule_arguments(evaluate)
     evaluate.set_defaults(run=run_evaluate)
 
-    promote = commands.add_parser("promote", help="move @champion to an evaluated version if it beats its baselines and is as good as the champion")
-    promote.add_argument("--model", default="models:/mvg@candidate", help="registry URI of an evaluated version")
+    promote = commands.add_parser("promote", help=f"move @{CHAMPION} to an evaluated version if it beats its baselines and is as good as the champion")
+    promote.add_argument("--model", help=f"registry URI of an evaluated version (default: {alias_uri(CANDIDATE)})")
     add_rule_arguments(promote)
     promote.set_defaults(run=run_promote)
 
     finetune = commands.add_parser("finetune", help="adapt a registered model to a new dataset from a few cases; register a new version")
     finetune.add_argument("sources", nargs="+", metavar="SOURCE", help="a dataset in the store, or a dataset folder / manifest to ingest")
-    finetune.add_argument("--model", default="models:/mvg@champion", help="the model to start from (registry URI, folder or checkpoint)")
+    finetune.add_argument("--model", help=f"the model to start from: registry URI, folder or checkpoint (default: {alias_uri(CHAMPION)})")
     finetune.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
-    finetune.add_argument("--cases", type=int, default=1, help="training cases per dataset (paper: one)")
-    finetune.add_argument("--steps", type=int, default=200)
-    finetune.add_argument("--lr", type=float, default=1e-4)
-    finetune.add_argument("--warmup-steps", type=int, default=10)
-    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--cases", type=int, help="training cases per dataset (paper: one)")
+    finetune.add_argument("--steps", type=int)
+    finetune.add_argument("--lr", type=float)
+    finetune.add_argument("--warmup-steps", type=int)
+    finetune.add_argument("--seed", type=int)
     finetune.add_argument("--spec", help="built-in spec to ingest a SOURCE folder with")
-    finetune.add_argument("--size", type=int, default=512, help="store in-plane size for an ingested SOURCE")
+    finetune.add_argument("--size", type=int, help="store in-plane size for an ingested SOURCE (default: the paper's)")
     finetune.add_argument("--run-name", help="MLflow run name (default: finetune-<datasets>-<time>)")
-    finetune.add_argument("--alias", default="finetuned", help="alias of the new version")
+    finetune.add_argument("--alias", help=f"alias of the new version (default: {FINETUNED})")
     finetune.set_defaults(run=run_finetune)
 
     add_predict_parser(commands)
@@ -136,9 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the pipeline on phantoms: ingest -> train on Ray -> evaluate -> promote")
     demo.add_argument("--cases", type=int, help="phantom cases per task (default: 8)")
     demo.add_argument("--size", type=int, help="phantom and store in-plane size (default: 64, tiny-cpu's)")
-    demo.add_argument("--workers", type=int, default=2, help="Dask workers for ingest")
+    demo.add_argument("--workers", type=int, help="Dask workers for ingest")
     demo.add_argument("--steps", type=int, help="training steps (default: the tiny-cpu preset's)")
-    demo.add_argument("--fresh", action="store_true", help="start over: delete the demo's earlier results first")
+    demo.add_argument("--fresh", action="store_true", default=None, help="start over: delete the demo's earlier results first")
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -174,12 +176,11 @@ def run_phantoms(args) -> int:
 
     from storage.phantoms import write_phantoms
 
-    with tqdm(total=args.cases, unit="case", desc=f"phantoms {args.task}") as bar:
-        out = write_phantoms(
-            args.task, args.out, cases=args.cases, seed=args.seed, size=args.size, slices=args.slices,
-            progress=lambda done: bar.update(done - bar.n),
-        )
-    print(f"wrote {args.cases} {args.task} case(s) to {out}")
+    chosen = given(cases=args.cases, seed=args.seed, size=args.size, slices=args.slices)
+    cases = chosen.get("cases", signature_default(write_phantoms, "cases"))
+    with tqdm(total=cases, unit="case", desc=f"phantoms {args.task}") as bar:
+        out = write_phantoms(args.task, args.out, **chosen, progress=lambda done: bar.update(done - bar.n))
+    print(f"wrote {cases} {args.task} case(s) to {out}")
     return 0
 
 
@@ -187,10 +188,10 @@ def run_ingest(args) -> int:
     from flows.ingest import ingest_flow
 
     state = ingest_flow(
-        str(args.source), spec=args.spec, store=str(args.store or store_root()), workers=args.workers,
-        dask_address=args.dask_address, size=args.size, name=args.name, input_channel=args.input_channel,
-        target_channel=args.target_channel, progress=True, return_state=True,
-        root=str(args.root) if args.root else None,
+        str(args.source), progress=True, return_state=True,
+        **given(spec=args.spec, store=args.store, workers=args.workers, dask_address=args.dask_address, size=args.size,
+                name=args.name, input_channel=args.input_channel, target_channel=args.target_channel,
+                root=str(args.root) if args.root else None),
     )
     summary = state.result(raise_on_failure=False)
     if not isinstance(summary, dict):  # the flow itself crashed (bad folder, unknown spec ...)
@@ -208,8 +209,8 @@ def run_real_store(args) -> int:
     store = args.store or str(mvg_home() / "real-store")
     try:
         built = build_real_store(
-            args.data, store, size=args.size, workers=args.workers, address=args.dask_address, datasets=args.datasets,
-            derived=args.derived,
+            args.data, store, address=args.dask_address, datasets=args.datasets, derived=args.derived,
+            **given(size=args.size, workers=args.workers),
         )
     except RuntimeError as error:  # failed cases, listed; the other datasets are in the store
         print(f"mvg real-store: {error}", file=sys.stderr)
@@ -246,17 +247,19 @@ def run_train(args) -> int:
     from flows.train import train_flow
     from mvg.config import preset
 
-    cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // args.workers)
+    chosen_preset = args.preset or signature_default(train_flow, "preset")
+    workers = args.workers or signature_default(train_flow, "workers")
+    cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // workers)
     overrides = parse_overrides(args.set, args.max_steps)
     try:
-        preset(args.preset).with_overrides(**overrides)  # refuse a bad override before any server starts
+        preset(chosen_preset).with_overrides(**overrides)  # refuse a bad override before any server starts
     except (TypeError, AttributeError) as error:  # a section or field the config does not have
         raise ValueError(f"--set: {error}") from None
     summary = train_flow(
-        preset=args.preset, overrides=overrides, store=str(args.store or store_root()), workers=args.workers,
-        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=cpus, run_name=args.run_name, stop_at=args.stop_at,
-        checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
-        storage=args.ray_storage,
+        preset=chosen_preset, overrides=overrides, workers=workers, cpus_per_worker=cpus,
+        **given(store=args.store, gpus_per_worker=args.gpus_per_worker, run_name=args.run_name, stop_at=args.stop_at,
+                checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
+                storage=args.ray_storage),
     )
     if "model_uri" in summary:
         print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
@@ -266,20 +269,19 @@ def run_train(args) -> int:
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     from mvg.promotion import RULES
 
-    parser.add_argument("--rule", choices=RULES, default="every",
+    parser.add_argument("--rule", choices=RULES,
                         help="every: beats its baselines on every dataset and is as good as the champion on every shared one; "
                              "mean: on the mean of the differences")
-    parser.add_argument("--tolerance", type=float, default=0.0, help="allowed loss to the champion in the metric's units (mIoU, dB); none to the baselines")
+    parser.add_argument("--tolerance", type=float, help="allowed loss to the champion in the metric's units (mIoU, dB); none to the baselines")
 
 
 def run_evaluate(args) -> int:
     from flows.evaluate import evaluate_flow
 
-    summary = evaluate_flow(
-        model_uri=args.model, store=str(args.store or store_root()), datasets=args.datasets, draws=args.draws,
-        shots=args.shots, seed=args.seed, max_cases=args.max_cases, promote=args.promote, rule=args.rule,
-        tolerance=args.tolerance,
-    )
+    summary = evaluate_flow(**given(
+        model_uri=args.model, store=args.store, datasets=args.datasets, draws=args.draws, shots=args.shots,
+        seed=args.seed, max_cases=args.max_cases, promote=args.promote, rule=args.rule, tolerance=args.tolerance,
+    ))
     print_results(summary)
     return 1 if summary["failed"] else 0
 
@@ -298,17 +300,17 @@ def print_results(summary: dict) -> None:
         print(f"\n{len(failed)} test case(s) failed, not scored (mvg store --verify lists every damaged shard):")
         for row in failed:
             print(f"  {row['reason']}")
-    print(f"\nevaluation run: {summary['run_id']} (experiment mvg-evaluation)")
+    print(f"\nevaluation run: {summary['run_id']} (experiment {EVALUATION_EXPERIMENT})")
     if "promoted" in summary:
-        verdict = "promoted to @champion" if summary["promoted"] else "not promoted"
+        verdict = f"promoted to @{CHAMPION}" if summary["promoted"] else "not promoted"
         print(f"version {summary['version']}: {verdict} ({summary['reason']})")
 
 
 def run_promote(args) -> int:
     from flows.promote import promote_flow
 
-    decision = promote_flow(model_uri=args.model, rule=args.rule, tolerance=args.tolerance)
-    print(f"version {decision['version']}: {'promoted to @champion' if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+    decision = promote_flow(**given(model_uri=args.model, rule=args.rule, tolerance=args.tolerance))
+    print(f"version {decision['version']}: {'promoted to @' + CHAMPION if decision['promoted'] else 'not promoted'} ({decision['reason']})")
     return 0
 
 
@@ -316,13 +318,14 @@ def run_finetune(args) -> int:
     from flows.finetune import finetune_flow
 
     summary = finetune_flow(
-        sources=[str(source) for source in args.sources], model_uri=args.model, store=str(args.store or store_root()),
-        cases=args.cases, steps=args.steps, lr=args.lr, warmup_steps=args.warmup_steps, seed=args.seed, spec=args.spec,
-        size=args.size, run_name=args.run_name, alias=args.alias,
+        sources=[str(source) for source in args.sources],
+        **given(model_uri=args.model, store=args.store, cases=args.cases, steps=args.steps, lr=args.lr,
+                warmup_steps=args.warmup_steps, seed=args.seed, spec=args.spec, size=args.size, run_name=args.run_name,
+                alias=args.alias),
     )
     chosen = "; ".join(f"{dataset}: {', '.join(cases)}" for dataset, cases in summary["cases"].items())
     print(f"fine-tuned {summary['parent']} on {chosen}")
-    print(f"registered {summary['model_uri']} (alias @{args.alias}); evaluate it: mvg evaluate --model {summary['model_uri']} --datasets {' '.join(summary['cases'])}")
+    print(f"registered {summary['model_uri']} (alias @{summary['alias']}); evaluate it: mvg evaluate --model {summary['model_uri']} --datasets {' '.join(summary['cases'])}")
     return 0
 
 
@@ -373,21 +376,32 @@ def run_demo(args) -> int:
     from flows.pipeline import pipeline_flow
     from storage.preview import write_previews
 
-    chosen = {"cases": args.cases, "size": args.size, "steps": args.steps}
-    summary = pipeline_flow(ingest_workers=args.workers, fresh=args.fresh, **{k: v for k, v in chosen.items() if v is not None})
+    summary = pipeline_flow(**given(cases=args.cases, size=args.size, steps=args.steps, ingest_workers=args.workers, fresh=args.fresh))
     previews = write_previews(summary["store"], home / "previews")
     print_results({"tables": summary["tables"], "run_id": summary["evaluation_run_id"], **summary["promotion"]})
     uri = summary["tracking_uri"]
     print(f"\nstore:            {summary['store']}  (previews: {previews[0].parent if previews else '-'})")
     print(f"open a case:      napari --plugin napari-ome-zarr {summary['store']}/<dataset>.zarr/<case>/image")
     print(f"MLflow tracking:  {uri}")
-    print(f"registered model: {summary['training']['model_uri']} (models:/mvg@candidate)")
+    print(f"registered model: {summary['training']['model_uri']} ({alias_uri(CANDIDATE)})")
     if uri.startswith("sqlite:"):
         print(f"MLflow UI:        mlflow ui --backend-store-uri {uri} --port 5000  # then open http://127.0.0.1:5000")
     if "PREFECT_API_URL" not in os.environ:
         print(f"Prefect UI:       PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start  # then open http://127.0.0.1:4200")
     failed = sum(counts["failed"] for counts in summary["ingested"].values())
     return 1 if failed else 0
+
+
+def given(**options) -> dict:
+    """The options the command line was given: a flag left out is None and is not passed on, so the
+    flow's (or function's) own signature supplies its default, in one place."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def signature_default(function, parameter: str):
+    """The default `function` (a flow or a plain function) declares for `parameter`, where the
+    command needs the value itself."""
+    return inspect.signature(function).parameters[parameter].default
 
 
 def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -1,4 +1,4 @@
-"""Prefect flow `evaluate`: a registered model (default `models:/mvg@candidate`) against the held-out
+"""Prefect flow `evaluate`: a registered model (default `models:/mvg@candidate`, mvg.names) against the held-out
 cases of the store, beside the copy-the-prompt and identity baselines, in the layout of the paper's
 Tables 2 and 3; then the `champion` alias moves to it if it beats its baselines and is at least as
 good as the champion (mvg.promotion).
@@ -24,9 +24,10 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.promote import promote_flow
 from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, NoCaseScored, evaluate_dataset, tables, to_csv, to_markdown
 from mvg.loading import load_model, local_model
-from flows.promote import promote_flow
+from mvg.names import CANDIDATE, EVALUATION_EXPERIMENT, alias_uri, version_uri
 from mvg.promotion import PRIMARY_METRIC, PromotionRule
 from mvg.tracking import (
     client,
@@ -40,7 +41,6 @@ from mvg.tracking import (
 from storage.home import chosen_store
 from storage.store import ZarrStore
 
-EXPERIMENT = "mvg-evaluation"
 PAPER_NAMES = {"miou": "mIoU", "psnr": "PSNR"}  # promotion metric -> the evaluation's column
 
 
@@ -82,7 +82,7 @@ def primary_scores(evaluations: list[DatasetEvaluation], baseline: bool = False)
 
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
-    model_uri: str = "models:/mvg@candidate",
+    model_uri: str = alias_uri(CANDIDATE),
     store: str | None = None,
     datasets: list[str] | None = None,
     draws: int = 1,
@@ -111,7 +111,7 @@ def evaluate_flow(
         print(f"failed: {row['reason']}")
 
     mlflow = client(uri)
-    experiment = ensure_experiment(mlflow, EXPERIMENT)
+    experiment = ensure_experiment(mlflow, EVALUATION_EXPERIMENT)
     label = f"{version[0]}-v{version[1]}" if version else Path(model_uri).name
     run = mlflow.create_run(experiment, run_name=f"evaluate-{label}")
     run_id = run.info.run_id
@@ -156,5 +156,5 @@ def evaluate_flow(
         record_evaluation(uri, name, number, by_metric(summary["scores"]), run_id, baselines=by_metric(summary["baselines"]))
         summary["version"] = number
         if promote:
-            summary |= promote_flow(f"models:/{name}/{number}", rule, tolerance)
+            summary |= promote_flow(version_uri(number, name), rule, tolerance)
     return summary

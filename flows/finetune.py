@@ -18,12 +18,12 @@ from prefect import flow
 from flows.ingest import ingest_flow
 from mvg.finetune import FinetuneSettings, few_shot_cases, finetune
 from mvg.loading import load_model_and_config
+from mvg.names import CHAMPION, FINETUNED, REGISTERED_MODEL, alias_uri, version_uri
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import RunLogger, client, git_commit, open_run, resolve_version, store_versions, tracking_uri
 from storage.home import chosen_store
+from storage.ingest import DEFAULT_SIZE
 from storage.store import ZarrStore
-
-FINETUNED = "finetuned"
 
 
 def stored_datasets(sources: list[str], store: str, spec: str | None, size: int) -> list[str]:
@@ -47,7 +47,7 @@ def stored_datasets(sources: list[str], store: str, spec: str | None, size: int)
 @flow(name="finetune", log_prints=True)
 def finetune_flow(
     sources: list[str],
-    model_uri: str = "models:/mvg@champion",
+    model_uri: str = alias_uri(CHAMPION),
     store: str | None = None,
     cases: int = 1,
     steps: int = 200,
@@ -55,7 +55,7 @@ def finetune_flow(
     warmup_steps: int = 10,
     seed: int = 0,
     spec: str | None = None,
-    size: int = 512,
+    size: int = DEFAULT_SIZE,
     run_name: str | None = None,
     alias: str = FINETUNED,
 ) -> dict:
@@ -67,8 +67,8 @@ def finetune_flow(
     config = settings.config(trained_config)
 
     uri_version = resolve_version(tracking_uri(), model_uri)  # None for a folder or checkpoint
-    name = uri_version[0] if uri_version else "mvg"
-    parent = f"models:/{uri_version[0]}/{uri_version[1]}" if uri_version else model_uri
+    name = uri_version[0] if uri_version else REGISTERED_MODEL
+    parent = version_uri(uri_version[1], uri_version[0]) if uri_version else model_uri
     run = open_run(
         run_name or f"finetune-{'-'.join(datasets)}-{time.strftime('%Y%m%d-%H%M%S')}",
         params={**config.to_dict(), "finetune": {"parent": parent, "cases": json.dumps(chosen)}},
@@ -95,6 +95,7 @@ def finetune_flow(
         "run_id": run.run_id,
         "model_uri": version.model_uri,
         "version": version.version,
+        "alias": alias,
         "parent": parent,
         "cases": chosen,
         "final_loss": result.history[-1]["loss"] if result.history else None,

@@ -19,7 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from storage.home import chosen_store
-from storage.ingest import CaseResult, CatalogWriter, IngestOptions, IngestReport, dask_client, ingest_case
+from storage.ingest import DEFAULT_SIZE, CaseResult, CatalogWriter, IngestOptions, IngestReport, dask_client, ingest_case
 from storage.layouts import CaseSource, plan_dataset
 from storage.specs import DatasetSpec
 
@@ -54,7 +54,7 @@ def ingest_flow(
     store: str | None = None,
     workers: int = 2,
     dask_address: str | None = None,
-    size: int = 512,
+    size: int = DEFAULT_SIZE,
     name: str | None = None,
     input_channel: int | None = None,
     target_channel: int | None = None,

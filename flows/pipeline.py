@@ -25,6 +25,7 @@ from flows.ingest import ingest_flow
 from flows.promote import promote_flow
 from flows.train import train_flow
 from mvg.evaluation import to_markdown
+from mvg.names import CHAMPION
 from mvg.tracking import tracking_uri
 from storage.home import chosen_store, mvg_home
 from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
@@ -130,7 +131,7 @@ def pipeline_flow(
 def summary_markdown(summary: dict) -> str:
     tables = "\n\n".join(to_markdown(rows) for rows in summary["tables"].values() if rows)
     promotion = summary["promotion"]
-    verdict = "promoted to `@champion`" if promotion["promoted"] else "not promoted"
+    verdict = f"promoted to `@{CHAMPION}`" if promotion["promoted"] else "not promoted"
     return (
         f"# Pipeline results\n\n"
         f"Model `{summary['training']['model_uri']}` (run `{summary['training']['run_name']}`, step "

@@ -18,6 +18,7 @@ import numpy as np
 
 # light imports only: the parser is built for every `mvg` command, torch loads when predict runs
 from mvg.config import TASKS
+from mvg.names import CHAMPION, alias_uri, version_uri
 from storage.specs import NORMALISATIONS
 
 NORMALISATION_CHOICES = ("auto", *NORMALISATIONS)  # mvg.predict.NORMALISATION_CHOICES, without torch
@@ -36,7 +37,7 @@ def add_predict_parser(commands) -> argparse.ArgumentParser:
             "geometry: NIfTI with its affine and shape (.nii.gz / .nii), or PNG for a 2-D input."
         ),
     )
-    predict.add_argument("--model", required=True, help="MLflow model URI (models:/mvg@champion, models:/mvg/3, "
+    predict.add_argument("--model", required=True, help=f"MLflow model URI ({alias_uri(CHAMPION)}, {version_uri(3)}, "
                          "runs:/RUN_ID/model) or a folder: saved weights, a downloaded MLflow model or a training checkpoint")
     predict.add_argument("--prompt-image", action="append", required=True, type=Path, metavar="P",
                          help="prompt image; repeat with --prompt-target for more pairs (k-shot)")

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from prefect import flow
 
+from mvg.names import CANDIDATE, CHAMPION, alias_uri
 from mvg.promotion import PromotionRule, decide, primary_scores
 from mvg.tracking import alias_version, baseline_metrics, client, evaluated_metrics, resolve_version, tracking_uri
 
-CHAMPION = "champion"
-
 
 @flow(name="promote", log_prints=True)
-def promote_flow(model_uri: str = "models:/mvg@candidate", rule: str = "every", tolerance: float = 0.0) -> dict:
+def promote_flow(model_uri: str = alias_uri(CANDIDATE), rule: str = "every", tolerance: float = 0.0) -> dict:
     rule_ = PromotionRule(rule, tolerance)
     uri = tracking_uri()
     version = resolve_version(uri, model_uri)

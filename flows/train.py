@@ -1,5 +1,5 @@
 """Prefect flow `train`: a config preset + overrides -> a Ray Train run tracked in MLflow -> the
-registered model `mvg` with alias `candidate`.
+registered model `mvg` with alias `candidate` (mvg.names).
 
 The flow opens the MLflow run (found again by name, so re-running a run name resumes it), runs the
 trainer on Ray (local, or the cluster at RAY_ADDRESS), logs the trained model into the run, registers
@@ -18,13 +18,12 @@ from prefect.cache_policies import NO_CACHE
 from mvg.config import preset as preset_config
 from mvg.distributed import FitOutcome, Scaling, TrainJob, fit
 from mvg.episodes import EpisodeSampler
+from mvg.names import CANDIDATE, REGISTERED_MODEL, alias_uri, version_uri
 from mvg.pyfunc import log_mvg_model
 from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
 from mvg.train import load_trained
 from storage.home import chosen_store, ray_storage
 from storage.store import ZarrStore
-
-REGISTERED_MODEL = "mvg"
 
 
 @task(cache_policy=NO_CACHE)
@@ -47,7 +46,7 @@ def register_task(run: TrackedRun, outcome: FitOutcome, name: str, alias: str) -
 
 
 def model_summary(name: str, version: str, reused: bool) -> dict:
-    return {"model_name": name, "model_version": str(version), "model_uri": f"models:/{name}/{version}", "model_reused": reused}
+    return {"model_name": name, "model_version": str(version), "model_uri": version_uri(version, name), "model_reused": reused}
 
 
 def summary_markdown(run: TrackedRun, outcome: FitOutcome, summary: dict, alias: str) -> str:
@@ -57,7 +56,7 @@ def summary_markdown(run: TrackedRun, outcome: FitOutcome, summary: dict, alias:
         f"MLflow run: [{run.run_id}]({run.link}) (tracking `{run.tracking_uri}`)\n\n"
         f"Trained to step **{outcome.step}**; checkpoint `{outcome.checkpoint}`.\n\n"
         f"Registered model **{summary['model_name']}** version **{summary['model_version']}** as `@{alias}`"
-        f"{' (already registered by this run)' if summary['model_reused'] else ''}: `models:/{summary['model_name']}@{alias}`\n\n"
+        f"{' (already registered by this run)' if summary['model_reused'] else ''}: `{alias_uri(alias, summary['model_name'])}`\n\n"
         f"| final loss | value |\n| --- | --- |\n{losses}\n"
     )
 
@@ -77,7 +76,7 @@ def train_flow(
     sample_every: int = 100,
     max_failures: int = 3,
     seed: int = 0,
-    alias: str = "candidate",
+    alias: str = CANDIDATE,
     storage: str | None = None,
 ) -> dict:
     """Train `preset` with `overrides` ({"optim": {"steps": 200}, ...}) on every dataset of the

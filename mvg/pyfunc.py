@@ -37,6 +37,7 @@ from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 from mvg.config import MVGConfig
 from mvg.inference import paint
 from mvg.model import MVG
+from mvg.names import CANDIDATE, REGISTERED_MODEL, version_uri
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 INPUTS = ("prompt_images", "prompt_targets", "query_images")
@@ -158,8 +159,8 @@ def log_mvg_model(
     model: MVG,
     config: MVGConfig,
     run_id: str,
-    registered_name: str = "mvg",
-    alias: str | None = "candidate",
+    registered_name: str = REGISTERED_MODEL,
+    alias: str | None = CANDIDATE,
     name: str = "model",
     uri: str | None = None,
     step: int = 0,
@@ -197,7 +198,7 @@ def log_mvg_model(
         version = str(info.registered_model_version)
         if alias is not None:
             client.set_registered_model_alias(registered_name, alias, version)
-    return ModelVersionInfo(registered_name, version, f"models:/{registered_name}/{version}", run_id)
+    return ModelVersionInfo(registered_name, version, version_uri(version, registered_name), run_id)
 
 
 @contextlib.contextmanager

@@ -18,10 +18,10 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
+from mvg.names import TRAINING_EXPERIMENT
 from storage.home import mvg_home
 from storage.store import ZarrStore
 
-EXPERIMENT = "mvg"
 MAX_BATCH = 100  # params per log_batch call (MLflow's limit)
 
 
@@ -34,7 +34,7 @@ def client(uri: str | None = None) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def ensure_experiment(mlflow: MlflowClient, name: str = EXPERIMENT, home: str | Path | None = None) -> str:
+def ensure_experiment(mlflow: MlflowClient, name: str = TRAINING_EXPERIMENT, home: str | Path | None = None) -> str:
     """The experiment's id, created on first use. With a local SQLite backend its artifacts go
     beside the database (MLflow's own default is ./mlruns under whatever directory it runs in);
     a tracking server keeps its own artifact root."""
@@ -61,7 +61,7 @@ class TrackedRun:
         return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{self.run_id}"
 
 
-def open_run(name: str, params: Mapping[str, object] = {}, experiment: str = EXPERIMENT, uri: str | None = None) -> TrackedRun:
+def open_run(name: str, params: Mapping[str, object] = {}, experiment: str = TRAINING_EXPERIMENT, uri: str | None = None) -> TrackedRun:
     """The run called `name`, created if new. Continuing a run with different parameters is
     refused (MLflow keeps one value per parameter), naming the first difference."""
     uri = uri or tracking_uri()

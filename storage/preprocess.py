@@ -2,8 +2,8 @@
 
 Each step is a plain function of arrays, so the same step serves ingest, `mvg predict` and tests.
 The paper's choices: CT windowed to [-100, 200] HU -> [0, 1]; MR, ultrasound and X-ray clipped to
-their 0.5-99.5 percentiles -> [0, 1]; every slice resized to the store size (512 by default),
-bilinear for images, nearest for labels.
+their 0.5-99.5 percentiles -> [0, 1]; every slice resized to the store size (by default
+`storage.ingest.DEFAULT_SIZE`), bilinear for images, nearest for labels.
 """
 
 from __future__ import annotations

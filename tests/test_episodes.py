@@ -12,9 +12,10 @@ import pytest
 import torch
 from scipy import ndimage
 
+from benchmarks.png_baseline import PngEpisodeSource, export_pngs
 from mvg.colouring import Colouring
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
-from mvg.episodes import EpisodeSampler, EpisodeStream, PngEpisodeSource, collate, export_pngs, resized_crop
+from mvg.episodes import EpisodeSampler, EpisodeStream, collate, resized_crop
 from storage.ingest import IngestOptions, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import write_phantoms

@@ -7,8 +7,8 @@ Figures (decoded-voxel MB/s = bytes of decoded source image + label voxels per s
 - our readers: our NIfTI reader alone (ISA-L inflate + reorientation), to show how much of ingest's
                margin over the limit comes from the faster decoder;
 - png_export:  what Painter-style code does, decode -> normalise -> one PNG per slice (image + label);
-- ingest_wN:   our ingest (decode, validate, normalise, float16, Blosc-zstd shards, publish) with N
-               Dask workers, cluster already up;
+- ingest_wN:   our ingest (decode, validate, normalise, float16, shards in the store's codec --
+               Blosc-lz4, storage/store.py -- publish) with N Dask workers, cluster already up;
 - reads:       random single-slice (image + target) reads per second from the store vs decoding the
                same slices from the PNG export.
 """

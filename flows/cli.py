@@ -1,4 +1,4 @@
-"""The `mvg` command: the outer face of the pipeline (contract: README, "Command line").
+"""The `mvg` command: the outer face of the pipeline (contract: docs/architecture.md, "CLI contract").
 
 Every command has `--help`; errors go to stderr with a non-zero exit status.
 """

@@ -1,4 +1,4 @@
-"""`mvg predict`: the command line face of `mvg.predict` (contract: README, "Command line").
+"""`mvg predict`: the command line face of `mvg.predict` (contract: docs/architecture.md, "CLI contract").
 
     mvg predict --model URI --prompt-image P --prompt-target T [--prompt-image P2 --prompt-target T2 ...]
                 --input X --output Y [--task T] [--normalisation auto|ct|percentile]

@@ -24,10 +24,11 @@ the stored slice, and float16 becomes float32 only on the crop. The sampler uses
 torch), so it is cheap to test and to run in DataLoader workers; `collate` and `EpisodeStream`
 bring the episodes to torch.
 
-DataLoader workers must be started with `multiprocessing_context="spawn"` (or "forkserver"), never
-fork: zarr 3 runs an asyncio thread, and a forked child inherits its locks but not the thread.
-Slices are read with `storage.shards.SliceReader` (no zarr), but zarr is still imported and used
-for any array the reader cannot handle, and for volumes.
+DataLoader workers may fork (Linux's default) as well as spawn. Slices are read with
+`storage.shards.SliceReader`, which holds no event-loop thread; zarr-python, still used for volumes
+and for any array the reader cannot handle, runs an asyncio thread, but resets it in a forked child
+(`zarr.core.sync` registers that with `os.register_at_fork`); and `storage.location` opens a fresh
+fsspec file system in each process. tests/test_episodes.py forks workers after the parent has used zarr.
 
 The benchmarks' baseline, the same episodes decoded from one PNG per slice, subclasses
 `EpisodeSampler` in benchmarks/png_baseline.py: it overrides `_read`, the one place pixels come from.
@@ -466,8 +467,8 @@ class EpisodeStream(IterableDataset):
 
     Each DataLoader worker builds its own EpisodeSampler in `__iter__`, seeded with
     (seed, rank, worker id), so workers and ranks never repeat each other's episodes. Batches are
-    made inside the stream: use `DataLoader(stream, batch_size=None, num_workers=N,
-    multiprocessing_context="spawn")` (or "forkserver"; never fork, see the module docstring).
+    made inside the stream: use `DataLoader(stream, batch_size=None, num_workers=N)`, forked or
+    spawned (see the module docstring).
     Batching here or in the DataLoader costs the same (both collate in the worker); batching here
     also works without a DataLoader. `batches`: stop each worker after that many items.
     """

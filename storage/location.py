@@ -60,7 +60,9 @@ class Location:
             try:
                 self._fs = fsspec.core.url_to_fs(self.url, **REMOTE_OPTIONS)[0]
             except ImportError as error:
-                raise ImportError(f"{self.url}: {error} (for s3:// install s3fs: pip install 'mvg-pipeline[s3]')") from None
+                # s3fs is one of mvg-pipeline's own dependencies; other protocols need their fsspec backend
+                raise ImportError(f"{self.url}: {error} (install the fsspec backend of this protocol: gcsfs for gs://, "
+                                  "adlfs for az://; s3fs, for s3://, comes with mvg-pipeline)") from None
             except ValueError as error:
                 raise ValueError(f"{self.url}: {error}") from None
             self._pid = os.getpid()

@@ -257,6 +257,17 @@ def test_stream_workers_do_not_repeat_each_other(store):
         assert torch.equal(batches[worker]["task_index"], expected["task_index"])
 
 
+def test_forked_workers_read_after_the_parent_used_zarr(store):
+    """Workers may fork: zarr-python's loop thread, started here by a volume read, is reset in
+    each forked child, and the slice readers hold no thread. A hang fails through the timeout."""
+    dataset = ZarrStore(store).dataset("segmentation")
+    dataset.read_volume(dataset.cases()[0])
+    stream = EpisodeStream([store], DATA, OBJECTIVE, batch_size=2, seed=5, batches=2)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2, multiprocessing_context="fork", timeout=300)
+    batches = list(loader)
+    assert len(batches) == 4 and all(batch["query_image"].shape == (2, 1, 48, 48) for batch in batches)
+
+
 def test_png_baseline_gives_the_same_episodes(store, tmp_path):
     png = export_pngs(store, tmp_path / "png", datasets=["segmentation", "synthesis", "inpainting", "denoising"])
     assert (png / "segmentation" / "phantom_000" / "0005_image.png").exists()

@@ -267,6 +267,13 @@ def test_slot_likelihood_is_added_on_segmentation_episodes_only():
     assert float(with_likelihood[1]) == pytest.approx(float(plain[1]))
 
 
+def test_residual_that_starts_open_starts_as_the_identity():
+    model = tiny(decoder="unet", image_residual=True, residual_starts_open=True)
+    px, py, x, _ = images(2, 1)
+    assert torch.allclose(model.predict(x, px, py, task="denoising"), x, atol=0.01)
+    assert not torch.allclose(tiny(decoder="unet", image_residual=True).predict(x, px, py, task="denoising"), x, atol=0.01)
+
+
 def test_unet_decoder_needs_a_power_of_two_patch():
     with pytest.raises(ValueError, match="power of two"):
         preset("tiny-cpu").with_overrides(model={"decoder": "unet", "patch_size": 12})

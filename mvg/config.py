@@ -44,7 +44,8 @@ class ModelConfig:
     # image to the painting (mvg.model.UNetDecoder)
     image_residual: bool = False
     # image residual: start as the identity (the painted correction at 0, the gate open), where
-    # denoising, inpainting and synthesis are scored against the identity; else a random start
+    # denoising, inpainting and synthesis are scored against the identity; else a random start.
+    # Measured on the demo phantoms, not kept: the image tasks stayed at the identity
     residual_starts_open: bool = False
     # Departure from the paper, unet decoder only: the decoder also sorts every pixel into one of
     # `readout_slots` slots; a slot's colour is the mean prompt target over the prompt pixels the

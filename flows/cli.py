@@ -135,6 +135,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_predict_parser(commands)
 
+    ablate = commands.add_parser("ablate", help="compare the variants of a study (paper Tables 4-7, Figure 7) at an equal budget on Ray Tune")
+    ablate.add_argument("--study", required=True, choices=_studies(),
+                        help="colouring, unified, objective, data-scale, or custom (a --variants file)")
+    ablate.add_argument("--variants", type=Path, metavar="FILE", help="--study custom: YAML or JSON of named override sets (README, 'Ablations')")
+    ablate.add_argument("--preset", help="config preset every variant starts from (default: tiny-cpu)")
+    ablate.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
+    budget = ablate.add_mutually_exclusive_group()
+    budget.add_argument("--budget-minutes", type=float, metavar="M", help="training minutes per variant, turned into one step count for all")
+    budget.add_argument("--steps", type=int, metavar="N", help="training steps per variant (default: the preset's)")
+    ablate.add_argument("--datasets", nargs="+", metavar="D", help="stored datasets to train on and compare (default: all)")
+    ablate.add_argument("--seeds", type=int, metavar="K", help="trainings per variant: mean ± std over seeds (default: 1)")
+    ablate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override for every variant (repeatable)")
+    ablate.add_argument("--workers", type=int, help="Ray Train workers per trial (default: 1)")
+    ablate.add_argument("--gpus-per-worker", type=float)
+    ablate.add_argument("--cpus-per-worker", type=int, help="default: this machine's cores / workers")
+    ablate.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster has room for)")
+    ablate.add_argument("--retries", type=int, help="Tune's retries of a failed trial (default: 1)")
+    ablate.add_argument("--draws", type=int, help="prompt draws per dataset in the evaluation (default: 1)")
+    ablate.add_argument("--max-cases", type=int, help="test cases per dataset (default: all)")
+    ablate.add_argument("--register", nargs="?", const="best", metavar="VARIANT",
+                        help="register this variant's model (alone: the best variant's) as models:/mvg@candidate; default: nothing")
+    ablate.add_argument("--run-name", help="MLflow parent run and Ray experiment name (default: ablation-<study>-<time>)")
+    ablate.add_argument("--ray-storage", help="Ray's checkpoints (default: $MVG_RAY_STORAGE, else $MVG_HOME/ray)")
+    ablate.set_defaults(run=run_ablate)
+
     demo = commands.add_parser("demo", help="the pipeline on phantoms: ingest -> train on Ray -> evaluate -> promote")
     demo.add_argument("--cases", type=int, help="phantom cases per task (default: 8)")
     demo.add_argument("--size", type=int, help="phantom and store in-plane size (default: 64, tiny-cpu's)")
@@ -143,6 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fresh", action="store_true", default=None, help="start over: delete the demo's earlier results first")
     demo.set_defaults(run=run_demo)
     return parser
+
+
+def _studies() -> tuple[str, ...]:
+    from mvg.studies import STUDY_NAMES
+
+    return STUDY_NAMES
 
 
 def _phantom_tasks() -> tuple[str, ...]:
@@ -264,6 +295,26 @@ def run_train(args) -> int:
     if "model_uri" in summary:
         print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
     return 0
+
+
+def run_ablate(args) -> int:
+    from mvg.ablation import plan
+
+    request = given(
+        preset=args.preset, store=args.store, variants_file=str(args.variants) if args.variants else None,
+        overrides=parse_overrides(args.set), datasets=args.datasets, seeds=args.seeds, steps=args.steps,
+        budget_minutes=args.budget_minutes,
+    )
+    plan(args.study, **request, register=args.register)  # refuse a bad study, file or override before Prefect or Ray start
+    from flows.ablate import ablation_flow, report
+
+    summary = ablation_flow(args.study, **request, **given(
+        workers=args.workers, gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+        concurrent=args.concurrent, retries=args.retries, draws=args.draws, max_cases=args.max_cases,
+        register_variant=args.register, run_name=args.run_name, storage=args.ray_storage,
+    ))
+    print(report(summary))
+    return 1 if summary["failed"] else 0
 
 
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:

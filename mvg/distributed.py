@@ -76,6 +76,7 @@ class TrainJob:
     tracking_uri: str | None = None  # with mlflow_run_id: rank 0 logs into that run
     mlflow_run_id: str | None = None
     tags: dict[str, str] = field(default_factory=dict)  # store versions, git commit
+    cases: dict[str, tuple[str, ...]] | None = None  # dataset -> the only training cases (and datasets); None: all
 
     @property
     def steps(self) -> int:
@@ -94,7 +95,8 @@ class TrainJob:
 class FitOutcome:
     step: int
     metrics: dict
-    checkpoint: Path  # directory holding checkpoint.pt
+    checkpoint: Path  # directory holding checkpoint.pt, on this machine
+    stored: str = ""  # where Ray keeps that checkpoint: a path, or a URL in an object store
 
 
 def runtime_env_vars() -> dict[str, str]:
@@ -107,10 +109,7 @@ def runtime_env_vars() -> dict[str, str]:
 def fit(job: TrainJob, on_step: Callable[[int, int], None] | None = None) -> FitOutcome:
     """Run (or resume) the job on Ray Train and wait for it. `on_step(step, rank)` runs on every
     worker after every step (progress hooks, fault injection in tests)."""
-    if not ray.is_initialized():
-        # the cluster RAY_ADDRESS names, else a local one (its dashboard stays: Ray Train's
-        # placement-group cleaner polls the state API it serves)
-        ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env={"env_vars": runtime_env_vars()})
+    ensure_ray()
     loop_config = job.loop_config()
     if on_step is not None:
         loop_config["on_step"] = on_step
@@ -130,7 +129,23 @@ def fit(job: TrainJob, on_step: Callable[[int, int], None] | None = None) -> Fit
         raise RuntimeError(f"run {job.run_name!r} finished without a checkpoint")
     checkpoint = local_copy(result.checkpoint, job)
     step = load_checkpoint(checkpoint)["step"]
-    return FitOutcome(step, dict(result.metrics or {}), checkpoint)
+    return FitOutcome(step, dict(result.metrics or {}), checkpoint, stored_location(result.checkpoint, job))
+
+
+def ensure_ray() -> None:
+    """Connect to the cluster RAY_ADDRESS names, else start a local Ray (its dashboard stays: Ray
+    Train's placement-group cleaner polls the state API it serves); nothing if already connected."""
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env={"env_vars": runtime_env_vars()})
+
+
+def stored_location(checkpoint: ray.train.Checkpoint, job: TrainJob) -> str:
+    """The checkpoint in Ray's storage as another machine would name it: the path itself on a
+    local or shared file system, else the object store's URL (Ray's path has no scheme)."""
+    storage = Location.of(job.storage_path)
+    if storage.is_local:
+        return checkpoint.path
+    return f"{storage.url.split('://', 1)[0]}://{checkpoint.path.lstrip('/')}"
 
 
 def local_copy(checkpoint: ray.train.Checkpoint, job: TrainJob) -> Path:
@@ -162,7 +177,8 @@ def train_loop_per_worker(loop: dict) -> None:
     torch.set_num_threads(max(1, int(loop["scaling"]["cpus_per_worker"])))  # Ray sets OMP_NUM_THREADS=1
     config = MVGConfig.from_dict(loop["config"])
     device = get_device()
-    state = TrainingState.create(config, loop["stores"], device, loop["seed"], rank, world_size)
+    cases = {name: list(chosen) for name, chosen in loop["cases"].items()} if loop.get("cases") else None
+    state = TrainingState.create(config, loop["stores"], device, loop["seed"], rank, world_size, cases=cases)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:

@@ -12,7 +12,7 @@ import pytest
 from flows.cli import build_parser, main
 
 # the commands whose options are a flow's or a function's parameters
-COMMANDS = ("phantoms", "ingest", "real-store", "train", "evaluate", "promote", "finetune", "demo")
+COMMANDS = ("phantoms", "ingest", "real-store", "train", "evaluate", "promote", "finetune", "ablate", "demo")
 LISTS = {"set"}  # repeatable options collect into a list; an empty one means "none given"
 
 

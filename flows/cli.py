@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from flows.lifetime import children_stopped_if_killed
 from flows.predict import add_predict_parser
 from mvg.names import CANDIDATE, CHAMPION, EVALUATION_EXPERIMENT, FINETUNED, REGISTERED_MODEL, alias_uri
 from storage.home import mvg_home, store_root
@@ -27,11 +28,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.home:
         os.environ["MVG_HOME"] = str(args.home)
     try:
-        return args.run(args)
+        check_tracking_server(args)  # before any server starts: MLflow's own retries take minutes
+        with children_stopped_if_killed():
+            return args.run(args)
     except (FileNotFoundError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"mvg {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+# commands that read or write the tracking server whatever their arguments; predict does so only
+# for a registry or run URI
+TRACKING_COMMANDS = ("train", "evaluate", "promote", "finetune", "ablate", "demo")
+
+
+def check_tracking_server(args) -> None:
+    """An http(s) tracking server that does not answer is one line naming its URI."""
+    if args.command == "predict":
+        needed = str(args.model).startswith(("models:/", "runs:/"))
+    else:
+        needed = args.command in TRACKING_COMMANDS
+    if not needed:
+        return
+    from mvg.tracking import TrackingServerUnreachable, check_reachable, tracking_uri
+
+    try:
+        check_reachable(tracking_uri())
+    except TrackingServerUnreachable as error:
+        raise ValueError(str(error)) from None  # reported like any other bad setting
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +281,11 @@ def run_real_store(args) -> int:
 
 def parse_overrides(assignments: list[str], max_steps: int | None = None) -> dict[str, dict]:
     """["optim.lr=3e-4", "model.depth=6"] -> {"optim": {"lr": 0.0003}, "model": {"depth": 6}}; values
-    are read as JSON where they parse (numbers, booleans, lists), else kept as strings."""
+    are read as JSON where they parse (numbers, booleans, lists), else kept as strings, then checked
+    against the config's fields: an unknown key or a value of the wrong type (model.depth=2.5) is
+    refused here, naming both, not in a Ray worker and each of its restarts."""
+    from mvg.overrides import check_overrides
+
     overrides: dict[str, dict] = {}
     for assignment in assignments:
         key, equals, raw = assignment.partition("=")
@@ -271,7 +299,7 @@ def parse_overrides(assignments: list[str], max_steps: int | None = None) -> dic
         overrides.setdefault(section, {})[name] = value
     if max_steps is not None:
         overrides.setdefault("optim", {})["steps"] = max_steps
-    return overrides
+    return check_overrides(overrides, "--set ")
 
 
 def run_train(args) -> int:

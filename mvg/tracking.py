@@ -7,9 +7,13 @@ run name continues the same MLflow run (and Ray run) instead of starting a secon
 
 from __future__ import annotations
 
+import http.client
 import os
+import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,47 @@ def tracking_uri(home: str | Path | None = None) -> str:
 def client(uri: str | None = None) -> MlflowClient:
     uri = uri or tracking_uri()
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class TrackingServerUnreachable(ConnectionError):
+    """The tracking server gave no answer; the message names its URI."""
+
+
+def check_reachable(uri: str, timeout: float = 3.0, attempts: int = 2) -> None:
+    """Fail at once, naming `uri`, when an http(s) tracking server does not answer: MLflow's own
+    client retries a refused connection for about five minutes, a traceback per retry, and by
+    then a command has started Prefect and Ray. SQLite and file URIs need no server."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    for attempt in range(attempts):
+        reason = _why_unanswered(f"{uri.rstrip('/')}/health", timeout)
+        if reason is None:
+            return
+        if attempt + 1 < attempts:
+            time.sleep(1.0)  # one more chance for a server that is just starting
+    raise TrackingServerUnreachable(f"the MLflow tracking server {uri} does not answer ({reason}); start it or point MLFLOW_TRACKING_URI elsewhere")
+
+
+def _why_unanswered(url: str, timeout: float) -> str | None:
+    """Why `url` got no answer from a server, or None when one answered. Any HTTP status is an
+    answer (a 401 or 404 says a server is there, and MLflow reports those at once) except 5xx,
+    which MLflow retries as it does a refused connection."""
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError as error:
+        return f"HTTP {error.code}" if error.code >= 500 else None
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, ssl.SSLError):
+            return None  # TLS answered; MLflow applies its own certificate settings (MLFLOW_TRACKING_INSECURE_TLS ...)
+        return _plainly(error.reason)
+    except (OSError, http.client.HTTPException) as error:  # a timeout or a reset while reading the answer
+        return _plainly(error)
+    return None
+
+
+def _plainly(reason: object) -> str:
+    """"Connection refused", not "[Errno 111] Connection refused"."""
+    return getattr(reason, "strerror", None) or str(reason) or type(reason).__name__
 
 
 def ensure_experiment(mlflow: MlflowClient, name: str = TRAINING_EXPERIMENT, home: str | Path | None = None) -> str:

@@ -125,6 +125,21 @@ def processes_mentioning(text: str) -> list:
     return found
 
 
+def still_running(processes) -> list[str]:
+    """'PID COMMAND LINE' of the psutil processes still running; a zombie has ended (only its
+    parent's wait is missing, and an orphan's new parent may be slow to reap it)."""
+    import psutil
+
+    running = []
+    for process in processes:
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(f"{process.pid} {' '.join(process.cmdline())[:160]}")
+        except psutil.Error:  # gone
+            continue
+    return running
+
+
 def ray_cli() -> str | None:
     """The `ray` command of this interpreter's environment, else the one on PATH."""
     beside = Path(sys.executable).with_name("ray")

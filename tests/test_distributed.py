@@ -1,18 +1,25 @@
 """Training on Ray Train with two CPU workers (DDP over gloo): it learns, logs into the flow's MLflow
-run, registers the model, survives a failing worker and resumes a stopped run where it stopped."""
+run, registers the model, survives a failing worker and a killed driver, and resumes a stopped run
+where it stopped."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from mvg.config import preset
 from mvg.distributed import RAY_ENV, Scaling, TrainJob, fit
 from mvg.train import load_trained
+from tests import servers
 
 pytestmark = pytest.mark.slow
 
@@ -153,3 +160,74 @@ def test_the_runtime_env_leaves_out_what_a_ray_job_already_sets(monkeypatch):
     assert runtime_env_vars()["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == RAY_ENV["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
     monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")  # as a job's env_vars arrive in its driver
     assert "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S" not in runtime_env_vars()
+
+
+def newest_checkpoint(run: Path) -> tuple[int, Path | None]:
+    """(step, folder) of the newest complete checkpoint Ray kept for a run; (0, None) before any."""
+    found = [(step, folder) for folder in run.glob("checkpoint_*") if (step := checkpoint_step(folder))]
+    return max(found, key=lambda pair: pair[0], default=(0, None))
+
+
+def checkpoint_step(folder: Path) -> int:
+    """The step of the checkpoint in `folder`; 0 while Ray is still writing it (or a kill cut it short)."""
+    from mvg.train import load_checkpoint
+
+    try:
+        state = load_checkpoint(folder)
+    except (RuntimeError, EOFError, OSError):
+        return 0
+    return state["step"] if state else 0
+
+
+def test_a_driver_killed_with_its_process_group_resumes_bit_for_bit(phantom_store, tmp_path, reference, prefect_server):
+    """kill -9 of `mvg train` and its process group mid-run; the same command again goes on from
+    the newest checkpoint and ends with the weights of the run that was never stopped."""
+    from prefect.settings import PREFECT_API_URL
+
+    from mvg.names import TRAINING_EXPERIMENT
+    from mvg.tracking import client
+
+    home, run = tmp_path / "home", tmp_path / "ray" / "killed"
+    # the session's Prefect server (starting one per launch costs time, and it is not what is killed here)
+    env = {**os.environ, "MVG_HOME": str(home), "RAY_ADDRESS": "", "PREFECT_API_URL": PREFECT_API_URL.value()}
+    env.pop("MLFLOW_TRACKING_URI", None)  # SQLite under MVG_HOME
+    model, optim = CONFIG.model, CONFIG.optim
+    command = [  # the job of `reference`, checkpointed every 2 steps so that most of it is left when the kill lands
+        sys.executable, "-m", "flows.cli", "train", "--store", str(phantom_store), "--ray-storage", str(tmp_path / "ray"),
+        "--run-name", "killed", "--workers", "2", "--cpus-per-worker", "1", "--max-steps", str(optim.steps),
+        "--checkpoint-every", "2", "--log-every", "1", "--sample-every", "0",
+        "--set", f"model.depth={model.depth}", "--set", f"model.embed_dim={model.embed_dim}", "--set", f"model.num_heads={model.num_heads}",
+        "--set", f"optim.batch_size={optim.batch_size}", "--set", f"optim.warmup_steps={optim.warmup_steps}",
+    ]
+    with open(tmp_path / "first.log", "w") as log:
+        first = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        while newest_checkpoint(run)[0] == 0:
+            assert first.poll() is None and time.monotonic() < deadline, (tmp_path / "first.log").read_text()[-3000:]
+            time.sleep(0.05)
+        started = psutil.Process(first.pid).children(recursive=True)
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and its process group, as `kill -9 -PGID` does
+        first.wait()
+        # Ray's workers sit in process groups of their own and end with the raylet
+        _, survivors = psutil.wait_procs(started, timeout=30)
+        assert not servers.still_running(survivors), "outlived the kill:\n" + "\n".join(servers.still_running(survivors))
+    finally:
+        servers.stop_group(first)
+        for leftover in psutil.wait_procs(started, timeout=0)[1]:
+            leftover.kill()
+    killed_at = newest_checkpoint(run)[0]
+    assert 0 < killed_at < optim.steps, f"the kill landed mid-run, not at step {killed_at}"
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "registered mvg version 1" in again.stdout
+    step, final = newest_checkpoint(run)
+    assert step == optim.steps
+    assert_same_weights(final, reference)
+    mlflow = client(f"sqlite:///{home / 'mlflow.db'}")
+    runs = mlflow.search_runs([mlflow.get_experiment_by_name(TRAINING_EXPERIMENT).experiment_id])
+    assert [r.info.run_name for r in runs] == ["killed"], "the same MLflow run went on"
+    logged = [metric.step for metric in mlflow.get_metric_history(runs[0].info.run_id, "loss")]
+    assert logged.count(1) == 1 and max(logged) == optim.steps, f"the second launch resumed, it did not start over: {logged}"

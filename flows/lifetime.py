@@ -1,0 +1,102 @@
+"""A stopped `mvg` command takes down what it started (README, "Reliability").
+
+A command starts servers as child processes: Prefect's temporary API server, a local Ray (GCS,
+raylet, dashboard, workers), Dask workers. Python's default SIGTERM ends the command at once,
+with no `finally` and no atexit hook, so those children lived on (a temporary Prefect server per
+kill). Here SIGTERM unwinds like Ctrl-C does: flows record their failure, and whatever the command
+started is stopped by process id, its descendants only, never by name, so a second command on the
+same machine, or the next run of this one, finds no stale server, lock or port.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+
+GRACE_S = 5.0  # how long a child may take to stop on SIGTERM before it is killed
+UNWIND_S = 30.0  # how long the command may take to unwind after a signal before it is cut short
+KILL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextmanager
+def children_stopped_if_killed() -> Iterator[None]:
+    """Run the block; if SIGTERM or SIGINT ends it, every process this one started (and theirs)
+    is stopped as the process exits, after Prefect's and Ray's own shutdown. Handlers are set in
+    the main thread only (Python's rule) and restored after a normal end, so a command run inside
+    a test leaves the test's own in place."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+    previous = {number: signal.signal(number, _unwind_on(owner)) for number in KILL_SIGNALS}
+    # registered before Prefect and Ray register theirs, so it runs after them (last in, first
+    # out): their own shutdown first, then whatever outlived it
+    atexit.register(stop_descendants, owner)
+    killed = False
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit):  # Ray's driver turns SIGTERM into SystemExit too
+        killed = True
+        raise
+    finally:
+        if not killed:  # a killed process keeps the handlers: a second signal must not skip the stop
+            atexit.unregister(stop_descendants)
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+
+def _unwind_on(owner: int):
+    """The signal handler: unwind (KeyboardInterrupt for SIGINT, SystemExit for SIGTERM), with a
+    deadline after which the children are stopped and the process exits regardless, for an
+    unwinding stuck in a server's shutdown. A forked child that inherited it just exits."""
+
+    def handler(number: int, frame) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + number)
+        _cut_short_after(UNWIND_S, owner, number)
+        if number == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + number)
+
+    return handler
+
+
+def _cut_short_after(seconds: float, owner: int, number: int) -> None:
+    def cut_short() -> None:
+        print(f"mvg: still stopping {seconds:.0f} s after {signal.Signals(number).name}; ending now", file=sys.stderr, flush=True)
+        stop_descendants(owner)
+        os._exit(128 + number)
+
+    timer = threading.Timer(seconds, cut_short)
+    timer.daemon = True  # an unwinding that finishes in time exits without waiting for it
+    timer.start()
+
+
+def stop_descendants(pid: int, grace: float = GRACE_S) -> list[psutil.Process]:
+    """SIGTERM every live descendant of `pid`, SIGKILL those still there after `grace` seconds;
+    returns the processes found. Taken once: a server stopped here starts nothing new."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    for process in descendants:
+        _signal(process, signal.SIGTERM)
+    _, alive = psutil.wait_procs(descendants, timeout=grace)
+    for process in alive:
+        _signal(process, signal.SIGKILL)
+    psutil.wait_procs(alive, timeout=grace)
+    return descendants
+
+
+def _signal(process: psutil.Process, number: int) -> None:
+    try:
+        process.send_signal(number)
+    except psutil.Error:  # gone already, or no longer ours
+        pass

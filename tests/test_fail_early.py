@@ -1,0 +1,213 @@
+"""Fail before anything starts, and leave nothing behind (README, "Reliability"): a mistyped
+override and an unreachable tracking server are one line each before Prefect or Ray start, and a
+command stopped by SIGTERM takes the servers it started down with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.cli import main
+from mvg.overrides import OverrideError, check_overrides
+from mvg.tracking import TrackingServerUnreachable, check_reachable
+from tests import servers
+
+# a model small enough for a test to train a few steps in seconds
+TINY = ["--set", "model.depth=2", "--set", "model.embed_dim=96", "--set", "model.num_heads=3", "--set", "optim.batch_size=4",
+        "--set", "optim.warmup_steps=2"]
+
+
+# ------------------------------------------------------------------------------ override types
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.depth=2.5", "model.depth: expected an integer, got 2.5"),
+        ("optim.lr=abc", "optim.lr: expected a number, got 'abc'"),
+        ("optim.bf16=yes", "optim.bf16: expected true or false, got 'yes'"),
+        ("objective.mask_ratio=0.5", "objective.mask_ratio: expected a list of 2 numbers, got 0.5"),
+        ("objective.colouring=rainbow", "objective.colouring: expected one of binary, predefined, random, got 'rainbow'"),
+        ("model.decoder=resnet", "model.decoder 'resnet' is not one of paper, unet"),
+        ("model.slot_share=half", "model.slot_share 'half' is not one of learned, task"),
+        ("data.dataset_weighting=cubic", "data.dataset_weighting 'cubic' is not one of uniform, sqrt-slices"),
+        ("optim.nope=3", "optim has no setting 'nope'"),
+    ],
+)
+def test_mvg_train_refuses_an_override_of_the_wrong_type_naming_key_value_and_type(override, named, capsys):
+    assert main(["train", "--set", override]) == 2
+    error = capsys.readouterr().err
+    assert named in error and error.count("\n") == 1, error
+
+
+def test_overrides_come_back_as_the_fields_types():
+    assert check_overrides({"model": {"depth": 2}, "optim": {"lr": 1}, "objective": {"mask_ratio": [0.5, 0.6]}}) == {
+        "model": {"depth": 2}, "optim": {"lr": 1.0}, "objective": {"mask_ratio": (0.5, 0.6)},
+    }
+    with pytest.raises(OverrideError, match="data.same_case_prompt: expected true or false, got 1"):
+        check_overrides({"data.same_case_prompt": 1})
+
+
+# ------------------------------------------------------------------------- the tracking server
+
+
+def unused_url() -> str:
+    """An http URL on loopback that nothing listens on: connections are refused."""
+    return f"http://127.0.0.1:{servers.free_port()}"
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback socket that accepts connections and never answers (a hung server)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_check_reachable_names_the_uri_of_a_refused_or_silent_server(silent_server):
+    url = unused_url()
+    with pytest.raises(TrackingServerUnreachable, match=f"{url} does not answer"):
+        check_reachable(url)
+    started = time.monotonic()
+    with pytest.raises(TrackingServerUnreachable, match="timed out"):
+        check_reachable(silent_server, timeout=0.5)
+    assert time.monotonic() - started < 5
+    check_reachable("sqlite:///nowhere/mlflow.db")  # no server to ask
+
+
+def test_check_reachable_accepts_any_answer_but_a_server_error():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    status = {"code": 404}
+
+    class Answer(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        check_reachable(url)  # 404: a server is there (a prefix, a proxy); MLflow reports the rest at once
+        status["code"] = 503
+        with pytest.raises(TrackingServerUnreachable, match="HTTP 503"):
+            check_reachable(url, attempts=1)
+        server.shutdown()
+
+
+def test_mvg_train_with_an_unreachable_tracking_server_fails_at_once_in_one_line(phantom_store, tmp_path):
+    url = unused_url()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": url, "MVG_HOME": str(tmp_path), "RAY_ADDRESS": ""}
+    command = [sys.executable, "-m", "flows.cli", "train", "--store", str(phantom_store), "--max-steps", "2", *TINY]
+    started = time.monotonic()
+    # before the check: Prefect and Ray started, then MLflow retried for 294 s, 265 lines of output
+    trained = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert trained.returncode == 2, trained.stderr[-2000:]
+    assert trained.stderr.strip() == f"mvg train: error: the MLflow tracking server {url} does not answer (Connection refused); start it or point MLFLOW_TRACKING_URI elsewhere"
+    assert time.monotonic() - started < 60 and not (tmp_path / "ray").exists()
+
+
+@pytest.mark.timeout(120)  # before the check each of these retried for minutes
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["evaluate"],
+        ["promote"],
+        ["finetune", "some-dataset"],
+        ["predict", "--model", "models:/mvg@champion", "--prompt-image", "p.nii.gz", "--prompt-target", "t.nii.gz",
+         "--input", "x.nii.gz", "--output", "y.nii.gz"],
+    ],
+)
+def test_commands_that_use_the_registry_check_the_tracking_server_first(arguments, monkeypatch, tmp_path, capsys):
+    url = unused_url()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+    monkeypatch.setenv("MVG_HOME", str(tmp_path))
+    assert main(arguments) == 2
+    assert f"the MLflow tracking server {url} does not answer" in capsys.readouterr().err
+
+
+def test_predict_from_a_folder_needs_no_tracking_server(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", unused_url())
+    arguments = ["predict", "--model", str(tmp_path / "weights"), "--prompt-image", "p.nii.gz", "--prompt-target", "t.nii.gz",
+                 "--input", "x.nii.gz", "--output", str(tmp_path / "y.nii.gz")]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "tracking server" not in error and "file not found" in error, error
+
+
+# ------------------------------------------------------------------------- a command stopped
+
+
+def command_lines(processes) -> list[str]:
+    """The command lines of those still there (one may end while they are listed)."""
+    found = []
+    for process in processes:
+        try:
+            found.append(" ".join(process.cmdline()))
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def own_prefect_home(tmp_path_factory) -> Path:
+    """A Prefect home without a server: the command starts a temporary one of its own, the one that
+    was left behind (shared by the module's commands, so its database is created once)."""
+    return tmp_path_factory.mktemp("prefect-home")
+
+
+def prefect_server_started(children, checkpoints: Path) -> bool:
+    return any("uvicorn" in line for line in command_lines(children))
+
+
+def training_started(children, checkpoints: Path) -> bool:
+    return bool(list(checkpoints.glob("checkpoint_*")))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "moment",
+    [
+        prefect_server_started,  # before Ray: Python's default SIGTERM left the temporary Prefect server running
+        training_started,  # Ray's own handler unwinds; nothing of Ray or Prefect may outlive the command either
+    ],
+)
+def test_a_sigterm_stops_every_process_mvg_train_started(moment, phantom_store, tmp_path, own_prefect_home):
+    env = {**os.environ, "MVG_HOME": str(tmp_path / "home"), "RAY_ADDRESS": "", "PREFECT_HOME": str(own_prefect_home)}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    checkpoints = tmp_path / "ray" / "stopped"
+    command = [
+        sys.executable, "-m", "flows.cli", "train", "--store", str(phantom_store), "--ray-storage", str(tmp_path / "ray"),
+        "--run-name", "stopped", "--workers", "1", "--cpus-per-worker", "1", "--max-steps", "1000", "--checkpoint-every", "2",
+        "--sample-every", "0", *TINY,
+    ]
+    with open(tmp_path / "train.log", "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 600
+        while not moment(started := psutil.Process(process.pid).children(recursive=True), checkpoints):
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "train.log").read_text()[-3000:]
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)  # the command alone, as `kill PID` does, not its process group
+        assert process.wait(timeout=90) != 0
+        _, survivors = psutil.wait_procs(started, timeout=10)
+        assert not servers.still_running(survivors), "outlived the command:\n" + "\n".join(servers.still_running(survivors))
+    finally:
+        servers.stop_group(process)
+        for leftover in psutil.wait_procs(started, timeout=0)[1]:
+            leftover.kill()  # what a failing check found still running

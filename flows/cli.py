@@ -303,13 +303,13 @@ def parse_overrides(assignments: list[str], max_steps: int | None = None) -> dic
 
 
 def run_train(args) -> int:
+    overrides = parse_overrides(args.set, args.max_steps)  # before importing Prefect, Ray and torch (seconds)
     from flows.train import train_flow
     from mvg.config import preset
 
     chosen_preset = args.preset or signature_default(train_flow, "preset")
     workers = args.workers or signature_default(train_flow, "workers")
     cpus = args.cpus_per_worker or max(1, (os.cpu_count() or 1) // workers)
-    overrides = parse_overrides(args.set, args.max_steps)
     try:
         preset(chosen_preset).with_overrides(**overrides)  # refuse a bad override before any server starts
     except (TypeError, AttributeError) as error:  # a section or field the config does not have

@@ -53,14 +53,19 @@ def children_stopped_if_killed() -> Iterator[None]:
 
 
 def _unwind_on(owner: int):
-    """The signal handler: unwind (KeyboardInterrupt for SIGINT, SystemExit for SIGTERM), with a
-    deadline after which the children are stopped and the process exits regardless, for an
-    unwinding stuck in a server's shutdown. A forked child that inherited it just exits."""
+    """The signal handler: the first signal unwinds (KeyboardInterrupt for SIGINT, SystemExit for
+    SIGTERM) with a deadline, for an unwinding stuck in a server's shutdown; a second one, or the
+    deadline, stops the children and ends the process at once. A forked child that inherited the
+    handler just exits."""
+    signalled = threading.Event()
 
     def handler(number: int, frame) -> None:
         if os.getpid() != owner:
             os._exit(128 + number)
-        _cut_short_after(UNWIND_S, owner, number)
+        if signalled.is_set():  # asked twice (Ctrl-C again): no more waiting
+            _end_now(owner, number, "asked again")
+        signalled.set()
+        _end_after(UNWIND_S, owner, number)
         if number == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + number)
@@ -68,15 +73,16 @@ def _unwind_on(owner: int):
     return handler
 
 
-def _cut_short_after(seconds: float, owner: int, number: int) -> None:
-    def cut_short() -> None:
-        print(f"mvg: still stopping {seconds:.0f} s after {signal.Signals(number).name}; ending now", file=sys.stderr, flush=True)
-        stop_descendants(owner)
-        os._exit(128 + number)
-
-    timer = threading.Timer(seconds, cut_short)
+def _end_after(seconds: float, owner: int, number: int) -> None:
+    timer = threading.Timer(seconds, _end_now, (owner, number, f"still stopping {seconds:.0f} s later"))
     timer.daemon = True  # an unwinding that finishes in time exits without waiting for it
     timer.start()
+
+
+def _end_now(owner: int, number: int, why: str) -> None:
+    print(f"mvg: {signal.Signals(number).name}, {why}: stopping what it started and ending now", file=sys.stderr, flush=True)
+    stop_descendants(owner)
+    os._exit(128 + number)
 
 
 def stop_descendants(pid: int, grace: float = GRACE_S) -> list[psutil.Process]:

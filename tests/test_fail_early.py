@@ -151,6 +151,50 @@ def test_predict_from_a_folder_needs_no_tracking_server(monkeypatch, tmp_path, c
 # ------------------------------------------------------------------------- a command stopped
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+# a command in miniature: it starts a child, then blocks; its unwinding takes argv[2] seconds
+STARTS_A_CHILD_AND_BLOCKS = """
+import subprocess, sys, time
+from flows import lifetime
+lifetime.UNWIND_S = float(sys.argv[1])
+with lifetime.children_stopped_if_killed():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print(child.pid, flush=True)
+    try:
+        time.sleep(600)
+    finally:
+        time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("signals", "unwind_s", "unwinding_s", "status"),
+    [
+        ([signal.SIGINT], 30, 0, -signal.SIGINT),  # Ctrl-C: Python ends itself by SIGINT after unwinding
+        ([signal.SIGTERM], 30, 0, 128 + signal.SIGTERM),
+        ([signal.SIGTERM], 1, 600, 128 + signal.SIGTERM),  # an unwinding that hangs is cut short
+        ([signal.SIGINT, signal.SIGINT], 600, 600, 128 + signal.SIGINT),  # asked twice: no more waiting
+    ],
+)
+def test_a_signalled_command_stops_its_children_and_ends_in_bounded_time(signals, unwind_s, unwinding_s, status):
+    command = [sys.executable, "-c", STARTS_A_CHILD_AND_BLOCKS, str(unwind_s), str(unwinding_s)]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True) as process:
+        child = psutil.Process(int(process.stdout.readline()))
+        started = time.monotonic()
+        for number in signals:
+            process.send_signal(number)
+            time.sleep(0.5)
+        try:
+            assert process.wait(timeout=30) == status
+            assert time.monotonic() - started < 15
+            assert not servers.still_running(psutil.wait_procs([child], timeout=5)[1]), "the child outlived the command"
+        finally:
+            servers.stop_group(process)
+            if child.is_running():
+                child.kill()
+
+
 def command_lines(processes) -> list[str]:
     """The command lines of those still there (one may end while they are listed)."""
     found = []

@@ -38,6 +38,7 @@ from mvg.ablation import BEST, DEFAULT_PRESET, DEFAULT_SEEDS, Plan, Trial, descr
 from mvg.comparison import Comparison, Score, bar_chart, compare
 from mvg.distributed import Scaling, TrainJob
 from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, to_csv, to_markdown
+from mvg.names import ABLATION_EXPERIMENT
 from mvg.promotion import PRIMARY_METRIC
 from mvg.pyfunc import log_mvg_model
 from mvg.studies import Study
@@ -45,8 +46,6 @@ from mvg.sweep import TrialResult, local_checkpoint, steps_per_second, sweep
 from mvg.tracking import client, ensure_experiment, flatten, git_commit, store_versions, tracking_uri
 from mvg.train import load_trained
 from storage.home import ray_storage
-
-EXPERIMENT = "mvg-ablation"
 
 
 @task(cache_policy=NO_CACHE)
@@ -222,7 +221,7 @@ class TrackedStudy:
     def open(cls, name: str, checked: Plan, trials: list[Trial], steps: int, evaluation: dict) -> TrackedStudy:
         uri = tracking_uri()
         mlflow = client(uri)
-        experiment = ensure_experiment(mlflow, EXPERIMENT)
+        experiment = ensure_experiment(mlflow, ABLATION_EXPERIMENT)
         commit, versions = git_commit(), store_versions([checked.store])
         parent = mlflow.create_run(experiment, run_name=name, tags={"ablation.study": checked.study.name, "git_commit": commit, **versions}).info.run_id
         params = {
@@ -328,7 +327,7 @@ def publish(study: Study, summary: dict, chart: bytes) -> None:
     failed = "".join(f"- trial {row['trial']} ({row['stage']}): {row['reason']}\n" for row in summary["failed"])
     markdown = (
         f"# {study.title}\n\n{summary['steps']} steps per trial, {summary['seeds']} seed(s); MLflow run "
-        f"`{summary['run_id']}` (experiment `{EXPERIMENT}`, tracking `{summary['tracking_uri']}`).\n\n{summary['markdown']}\n"
+        f"`{summary['run_id']}` (experiment `{ABLATION_EXPERIMENT}`, tracking `{summary['tracking_uri']}`).\n\n{summary['markdown']}\n"
         f"![bar chart]({image})\n\n" + (f"## Failed\n\n{failed}" if failed else "")
     )
     create_markdown_artifact(key=f"{key}-summary", markdown=markdown, description=study.title)
@@ -340,7 +339,7 @@ def report(summary: dict) -> str:
     lines = [f"\n{summary['title']} ({summary['steps']} steps per trial, {summary['seeds']} seed(s))", summary["markdown"]]
     for row in summary["failed"]:
         lines.append(f"failed: trial {row['trial']} ({row['stage']}): {row['reason']}")
-    lines.append(f"MLflow run {summary['run_name']} ({summary['run_id']}, experiment {EXPERIMENT}, tracking {summary['tracking_uri']})")
+    lines.append(f"MLflow run {summary['run_name']} ({summary['run_id']}, experiment {ABLATION_EXPERIMENT}, tracking {summary['tracking_uri']})")
     lines.append(f"artifacts: {summary.get('artifact_uri', '-')}: {', '.join(summary.get('artifacts', []))}")
     if summary.get("registered"):
         registered = summary["registered"]

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 BASELINE_ROW = "baseline"
+PANELS_PER_ROW = 4  # bar chart panels side by side; more datasets wrap onto further rows
 FAILED = "failed"
 
 
@@ -117,11 +118,15 @@ def bar_chart(comparison: Comparison, title: str, path: str | Path) -> Path:
     from matplotlib import pyplot
 
     columns = comparison.columns
+    across = max(1, min(PANELS_PER_ROW, len(columns)))
+    down = max(1, math.ceil(len(columns) / across))
     panel_width = 1.5 + 0.55 * len(comparison.variants)
-    figure, axes = pyplot.subplots(1, max(1, len(columns)), figsize=(panel_width * max(1, len(columns)), 3.6), squeeze=False)
+    figure, axes = pyplot.subplots(down, across, figsize=(panel_width * across, 3.4 * down), squeeze=False)
+    for unused in axes.flat[len(columns):]:
+        unused.axis("off")
     colours = pyplot.get_cmap("tab10")
     positions = np.arange(len(comparison.variants))
-    for axis, (dataset, metric, method) in zip(axes[0], columns):
+    for axis, (dataset, metric, method) in zip(axes.flat, columns):
         summaries = [comparison.cells.get((v, dataset), Summary(math.nan, math.nan, 0)) for v in comparison.variants]
         means = [0.0 if math.isnan(s.mean) else s.mean for s in summaries]
         errors = [0.0 if math.isnan(s.std) else s.std for s in summaries]
@@ -131,9 +136,8 @@ def bar_chart(comparison: Comparison, title: str, path: str | Path) -> Path:
                 axis.text(position, 0, FAILED, ha="center", va="bottom", rotation=90, fontsize=8)
         baseline = comparison.baselines[dataset].mean
         if not math.isnan(baseline):
-            axis.axhline(baseline, color="black", linestyle="--", linewidth=1, label=method)
-            axis.legend(fontsize=7, loc="lower right")
-        axis.set_title(dataset, fontsize=9)
+            axis.axhline(baseline, color="black", linestyle="--", linewidth=1)
+        axis.set_title(f"{dataset}\n(dashed: {method})", fontsize=9)
         axis.set_ylabel(metric)
         axis.set_xticks(positions, comparison.variants, rotation=30, ha="right", fontsize=8)
     figure.suptitle(title, fontsize=10)

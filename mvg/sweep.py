@@ -4,7 +4,9 @@ Every trial is a small driver (`run_trial`) that launches `mvg.distributed.fit` 
 Ray's Train-inside-Tune guide lays it out: the Train workers hold the CPUs and GPUs, the driver
 holds only a token of memory (Tune refuses a trial that asks for nothing, and a CPU of its own would
 halve a two-core laptop). Tune starts as many trials at once as the cluster has room for whole
-worker groups (`concurrency`): one after another on a laptop, side by side on several GPUs.
+worker groups (`concurrency`): one after another on a laptop, side by side on several GPUs. A
+finished trial's driver process takes the next trial (Tune's `reuse_actors`), so a sequential sweep
+does not start and import a new one per trial (two minutes each on a busy two-core machine).
 
 Failures, at two levels: Ray Train restarts a failed worker group from its newest checkpoint
 (`TrainJob.max_failures`); a trial that fails all the same (or whose driver dies) is retried by
@@ -119,7 +121,7 @@ def sweep(
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_trial, jobs=dict(jobs), on_step=on_step), DRIVER_RESOURCES),
         param_space={"trial": tune.grid_search(list(jobs))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or concurrency(scalings.pop(), len(jobs)), reuse_actors=False),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent or concurrency(scalings.pop(), len(jobs)), reuse_actors=True),
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
@@ -164,23 +166,26 @@ def steps_per_second(
     stores: Sequence[str],
     scaling: Scaling,
     cases: Mapping[str, Sequence[str]] | None = None,
-    steps: int = 30,
+    steps: int = 40,
+    window: int = 10,
 ) -> float:
     """Training speed of `config`, measured as a Ray task holding one Train worker's resources (so
-    on the kind of machine the trials train on): the plain loop over `steps`, timed over its second
-    half (past the first steps' start-up). DDP keeps every worker at about one worker's pace."""
+    on the kind of machine the trials train on): the plain loop over `steps`, at the pace of its
+    fastest `window` of steps past the first (the first pays for start-up, and the others may
+    share the machine with Ray's own start-up). DDP keeps every worker at about one worker's pace."""
     ensure_ray()
     measure = ray.remote(num_cpus=scaling.cpus_per_worker, num_gpus=scaling.gpus_per_worker)(_measure)
-    return ray.get(measure.remote(config.to_dict(), list(stores), scaling.cpus_per_worker, bool(scaling.gpus_per_worker), cases, steps))
+    options = (scaling.cpus_per_worker, bool(scaling.gpus_per_worker), cases, steps, window)
+    return ray.get(measure.remote(config.to_dict(), list(stores), *options))
 
 
-def _measure(config: dict, stores: list[str], threads: int, gpu: bool, cases, steps: int) -> float:
+def _measure(config: dict, stores: list[str], threads: int, gpu: bool, cases, steps: int, window: int) -> float:
     import torch
 
     from mvg.train import train
 
     torch.set_num_threads(max(1, threads))  # Ray sets OMP_NUM_THREADS=1
     measured = MVGConfig.from_dict(config).with_overrides(optim={"steps": steps})
-    result = train(measured, stores, log_every=max(1, steps // 2), device="cuda" if gpu else "cpu", cases=cases)
+    result = train(measured, stores, log_every=window, device="cuda" if gpu else "cpu", cases=cases)
     optim = measured.optim
-    return result.history[-1]["episodes_per_s"] / (optim.batch_size * optim.accumulate)
+    return max(row["episodes_per_s"] for row in result.history[1:]) / (optim.batch_size * optim.accumulate)

@@ -159,7 +159,8 @@ def test_a_two_variant_ablation_on_phantoms(ray_cluster, phantom_store, prefect_
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from flows.ablate import EXPERIMENT, ablation_flow
+    from flows.ablate import ablation_flow
+    from mvg.names import ABLATION_EXPERIMENT
     from mvg.tracking import client
 
     monkeypatch.setenv("MVG_HOME", str(tmp_path))
@@ -192,7 +193,7 @@ def test_a_two_variant_ablation_on_phantoms(ray_cluster, phantom_store, prefect_
 
     mlflow = client()
     parent = mlflow.get_run(summary["run_id"])
-    assert mlflow.get_experiment(parent.info.experiment_id).name == EXPERIMENT and parent.info.status == "FINISHED"
+    assert mlflow.get_experiment(parent.info.experiment_id).name == ABLATION_EXPERIMENT and parent.info.status == "FINISHED"
     assert parent.data.params["study"] == "custom" and parent.data.params["steps"] == "4"
     artifacts = {a.path for a in mlflow.list_artifacts(parent.info.run_id)}
     assert {"ablation-custom.md", "ablation-custom.csv", "ablation-custom.png", "scores.csv", "trials.csv", "failed.csv"} <= artifacts

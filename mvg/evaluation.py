@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -45,6 +44,7 @@ from mvg.metrics import SSIM_BORDER, dice_per_class, iou_per_class, mae, mean_ov
 from mvg.model import MVG
 from mvg.montage import prediction_montage
 from mvg.pixels import unit_float
+from storage.scratch import scratch_beside
 from storage.shards import CorruptShard
 from storage.store import StoredDataset
 
@@ -392,10 +392,11 @@ def to_markdown(rows: Sequence[dict]) -> str:
 
 def to_csv(rows: Sequence[dict], path: str | Path) -> Path:
     """Write rows as CSV (full float precision), atomically: to a temporary file beside `path`,
-    then renamed over it, so a reader never sees half a table."""
+    then renamed over it, so a reader never sees half a table. The table gets the mode the umask
+    gives (0644 typically), as predicted files do; mkstemp's 0600 would hide it from others."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, temporary = scratch_beside(path)
     try:
         with os.fdopen(handle, "w", newline="", encoding="utf-8") as file:
             writer = csv.DictWriter(file, fieldnames=_columns(rows), restval="")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -396,6 +397,29 @@ def test_tables_take_the_paper_layouts(segmentation_evaluation, synthesis_evalua
     assert len(read) == len(segmentation_evaluation.rows)
     assert float(read[0]["mIoU"]) == segmentation_evaluation.rows[0]["mIoU"]
     assert [p.name for p in path.parent.iterdir()] == ["rows.csv"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640)], ids=["umask-022", "umask-027"])
+def test_tables_get_the_mode_the_umask_gives_and_a_failed_write_keeps_the_old_one(tmp_path, monkeypatch, mask, mode):
+    """Evaluation and ablation tables land in the user's folders (and MLflow copies them with their
+    mode): readable like any file the user writes, not mkstemp's 0600."""
+    path = tmp_path / "tables" / "cases.csv"
+    saved = os.umask(mask)
+    try:
+        to_csv([{"case": "a", "mIoU": 0.5}], path)
+        to_csv([{"case": "a", "mIoU": 0.25}], path)  # replacing an existing table gives the same mode
+    finally:
+        os.umask(saved)
+    assert path.stat().st_mode & 0o777 == mode
+
+    def broken_rows(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", broken_rows)
+    with pytest.raises(OSError, match="disk full"):
+        to_csv([{"case": "a", "mIoU": 1.0}], path)
+    assert path.read_text().splitlines() == ["case,mIoU", "a,0.25"], "the old table is intact"
+    assert [p.name for p in path.parent.iterdir()] == ["cases.csv"], "no scratch file left behind"
 
 
 def test_one_draw_shows_the_mean_alone_and_duplicates_are_refused(model, store):

@@ -10,7 +10,8 @@ what promotion reads), and the tables are Prefect table artifacts.
 
 A test case whose store shards are damaged is reported as failed (`failed` in the summary,
 `failed.csv` in the run, each reason naming dataset, case, role and slice) and the other cases are
-scored; a dataset none of whose test cases could be read is left out of the tables.
+scored; a dataset none of whose test cases could be read is left out of the tables. The count is a
+version tag too (`eval.failed_cases`), and a version evaluated with failed cases is not promoted.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.promote import promote_flow
+from flows.promote import FAILED_CASES_TAG, promote_flow
 from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, NoCaseScored, evaluate_dataset, tables, to_csv, to_markdown
 from mvg.loading import load_model, local_model
 from mvg.names import CANDIDATE, EVALUATION_EXPERIMENT, alias_uri, version_uri
@@ -154,6 +155,7 @@ def evaluate_flow(
             return {e.dataset: {PRIMARY_METRIC[e.task]: scores[e.dataset]} for e in evaluations if e.dataset in scores}
 
         record_evaluation(uri, name, number, by_metric(summary["scores"]), run_id, baselines=by_metric(summary["baselines"]))
+        mlflow.set_model_version_tag(name, number, FAILED_CASES_TAG, str(len(failed)))  # promotion refuses above 0
         summary["version"] = number
         if promote:
             summary |= promote_flow(version_uri(number, name), rule, tolerance)

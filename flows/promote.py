@@ -6,7 +6,8 @@ the figures, as version tags (`promotion`: champion or rejected, `promotion.reas
 It reads only what the evaluate flow recorded on the versions (`eval.<dataset>.<metric>` and
 `baseline.<dataset>.<metric>` tags), so it can run on its own, e.g. with another rule, without
 evaluating anything again. A version evaluated before baselines were recorded is not promoted
-("no baseline scores recorded; re-run mvg evaluate").
+("no baseline scores recorded; re-run mvg evaluate"), nor one whose evaluation had failed test
+cases (`eval.failed_cases` above 0: scores of part of the cases only).
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from prefect import flow
 
 from mvg.names import CANDIDATE, CHAMPION, alias_uri
 from mvg.promotion import PromotionRule, decide, primary_scores
-from mvg.tracking import alias_version, baseline_metrics, client, evaluated_metrics, resolve_version, tracking_uri
+from mvg.tracking import EVAL_TAG, alias_version, baseline_metrics, client, evaluated_metrics, resolve_version, tracking_uri
+
+# version tag: how many test cases the version's latest evaluation could not score (set by the
+# evaluate flow on every evaluation, 0 included, so that a clean re-evaluation clears it)
+FAILED_CASES_TAG = f"{EVAL_TAG}failed_cases"
 
 
 @flow(name="promote", log_prints=True)
@@ -35,8 +40,10 @@ def promote_flow(model_uri: str = alias_uri(CANDIDATE), rule: str = "every", tol
         return {"version": number, "promoted": True, "reason": f"already the {CHAMPION}", "champion": number}
     champion_scores = None if champion is None else primary_scores(evaluated_metrics(uri, name, champion))
     baselines = primary_scores(baseline_metrics(uri, name, number))
-    decision = decide(candidate, baselines, champion_scores, rule_)
     mlflow = client(uri)
+    # absent on versions evaluated before failed cases were recorded: those evaluations stopped at a damaged case
+    failed_cases = int(mlflow.get_model_version(name, number).tags.get(FAILED_CASES_TAG, "0"))
+    decision = decide(candidate, baselines, champion_scores, rule_, failed_cases)
     mlflow.set_model_version_tag(name, number, "promotion", CHAMPION if decision.promote else "rejected")
     mlflow.set_model_version_tag(name, number, "promotion.reason", decision.reason)
     if decision.promote:

@@ -20,6 +20,11 @@ records). The decision has two steps, and a first candidate goes through both:
    - `mean`:  at least as good on the mean of the per-dataset differences (losses may be offset by gains).
    With no champion yet, a candidate that passed the gate is promoted.
 
+Before both: a candidate whose evaluation had failed test cases (a damaged store shard, reported
+and left unscored) is not promoted. Its scores cover only the cases that could be read, and a
+dataset none of whose cases could be is missing from them altogether, so they are not comparable
+with the baselines' or the champion's; repair the store (`mvg store --verify`) and evaluate again.
+
 The reason lists the figures: the candidate beside each baseline, then beside the champion.
 """
 
@@ -32,6 +37,13 @@ PRIMARY_METRIC = {"segmentation": "miou", "synthesis": "psnr", "inpainting": "ps
 BASELINE_BY_METRIC = {"miou": "copy-prompt", "psnr": "identity"}  # mvg.evaluation.BASELINE_BY_TASK, by metric
 RULES = ("every", "mean")
 NO_BASELINES = "no baseline scores recorded; re-run mvg evaluate"
+
+
+def failed_evaluation(failed_cases: int) -> str:
+    return (
+        f"its evaluation had {failed_cases} failed test case(s), left unscored; "
+        "repair the store (mvg store --verify) and re-run mvg evaluate"
+    )
 
 
 def primary_scores(recorded: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
@@ -92,10 +104,14 @@ def decide(
     baselines: Mapping[str, float],
     champion: Mapping[str, float] | None,
     rule: PromotionRule = PromotionRule(),
+    failed_cases: int = 0,
 ) -> Decision:
     """`candidate`, `baselines` (the candidate's own evaluation's baseline scores) and `champion`:
-    "<dataset> <metric>" -> primary metric (higher is better). The baseline gate first, then the
-    champion; the reason carries the figures of every step taken."""
+    "<dataset> <metric>" -> primary metric (higher is better); `failed_cases`: how many test cases
+    that evaluation could not score. An evaluation with failed cases refuses; else the baseline
+    gate, then the champion; the reason carries the figures of every step taken."""
+    if failed_cases:
+        return Decision(False, failed_evaluation(failed_cases))
     gate = baseline_gate(candidate, baselines, rule)
     if not gate.promote:
         return gate

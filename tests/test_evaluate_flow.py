@@ -4,6 +4,10 @@ the rule: only to a version that beats its baselines."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from urllib.parse import urlparse
+
 import pytest
 
 from mvg.tracking import logged_model_id
@@ -91,6 +95,14 @@ def test_promote_runs_alone_on_the_scores_recorded_on_the_versions(registry, pre
     every = promote_flow("models:/mvg/2")  # 0.01 dB worse on brats: `every` says no
     assert not every["promoted"] and "worse than the champion on brats psnr" in every["reason"] and every["champion"] == "1"
     assert registry.get_model_version("mvg", "2").tags["promotion"] == "rejected"
+    # the same figures from an evaluation that could not score every case: not promoted, reason recorded
+    registry.set_model_version_tag("mvg", "2", "eval.failed_cases", "1")
+    failed = promote_flow("models:/mvg/2", rule="mean")
+    assert not failed["promoted"] and failed["champion"] == "1" and "1 failed test case(s)" in failed["reason"]
+    tags = registry.get_model_version("mvg", "2").tags
+    assert tags["promotion"] == "rejected" and tags["promotion.reason"] == failed["reason"]
+    assert str(registry.get_model_version_by_alias("mvg", "champion").version) == "1"
+    registry.set_model_version_tag("mvg", "2", "eval.failed_cases", "0")  # as a clean re-evaluation records it
     mean = promote_flow("models:/mvg/2", rule="mean")  # +0.02 mIoU outweighs -0.01 dB on the mean
     assert mean["promoted"] and str(registry.get_model_version_by_alias("mvg", "champion").version) == "2"
     assert promote_flow("models:/mvg/2")["reason"] == "already the champion"
@@ -131,6 +143,20 @@ def test_a_damaged_test_case_is_a_failed_case_and_the_others_are_scored(registry
     assert list(summary["scores"]) == ["phantom-synthesis"], "the other cases are still scored"
     assert "failed.csv" in {a.path for a in registry.list_artifacts(summary["run_id"])}
     assert registry.get_run(summary["run_id"]).data.metrics["failed_cases"] == 1
+    assert registry.get_model_version("mvg", "1").tags["eval.failed_cases"] == "1"
+    umask = os.umask(0o022)
+    os.umask(umask)
+    artifacts = Path(urlparse(registry.get_run(summary["run_id"]).info.artifact_uri).path)
+    for table in ("failed.csv", "cases.csv"):  # MLflow copies them with their mode: the umask's, not 0600
+        assert (artifacts / table).stat().st_mode & 0o777 == 0o666 & ~umask, table
+
+    # promotion reads the count: refused for it even where the recorded figures would pass
+    from flows.promote import promote_flow
+
+    registry.set_model_version_tag("mvg", "1", "baseline.phantom-synthesis.psnr", "-1.0")
+    refused = promote_flow("models:/mvg/1")
+    assert not refused["promoted"] and refused["reason"].startswith("its evaluation had 1 failed test case(s)")
+    assert registry.get_model_version("mvg", "1").tags["promotion.reason"] == refused["reason"]
 
     assert main(["evaluate", "--model", "models:/mvg/1", "--store", str(store), "--no-promote"]) == 1
     out = capsys.readouterr().out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from mvg.promotion import NO_BASELINES, PromotionRule, decide
+from mvg.promotion import NO_BASELINES, PromotionRule, decide, failed_evaluation
 
 # baselines the candidates below beat, unless a test says otherwise
 LOW = {"acdc miou": 0.1, "brats-synthesis psnr": 15.0, "a miou": 0.1, "b miou": 0.1, "new miou": 0.1}
@@ -62,6 +62,17 @@ def test_the_champion_comparison_still_applies_after_the_gate():
     # the gate comes first: a candidate better than the champion but losing to a baseline is refused
     gated = decide({"acdc miou": 0.80, "brats-synthesis psnr": 25.0}, LOW | {"acdc miou": 0.85}, champion)
     assert not gated.promote and "does not beat its baseline on acdc miou" in gated.reason and "champion" not in gated.reason
+
+
+def test_an_evaluation_with_failed_cases_is_refused_however_good_its_scores():
+    """Scores of the readable cases only are not comparable: no promotion, first candidate or not."""
+    candidate, champion = {"acdc miou": 0.9}, {"acdc miou": 0.5}
+    assert decide(candidate, LOW, None).promote and decide(candidate, LOW, champion).promote
+    for rule in (PromotionRule("every"), PromotionRule("mean", tolerance=1.0)):
+        for against in (None, champion):
+            refused = decide(candidate, LOW, against, rule, failed_cases=2)
+            assert not refused.promote and refused.reason == failed_evaluation(2)
+    assert "2 failed test case(s)" in failed_evaluation(2) and "mvg store --verify" in failed_evaluation(2)
 
 
 def test_tolerance_forgives_small_losses_to_the_champion():

@@ -38,7 +38,7 @@ from mvg.model import MVG
 from mvg.montage import prediction_montage
 from mvg.step import HybridObjective
 from mvg.tracking import RunLogger
-from mvg.train import CHECKPOINT_FILE, Meter, TrainingState, due, load_checkpoint
+from mvg.train import Meter, TrainingState, due, load_checkpoint, save_checkpoint
 from storage.location import Location
 
 # ray.train.report waits for the controller's poll (2 s by default), which would stall every
@@ -209,7 +209,9 @@ def _report(state: TrainingState, metrics: dict, rank: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         checkpoint = None
         if rank == 0:
-            torch.save(state.checkpoint(rank_states), Path(directory) / CHECKPOINT_FILE)
+            # the one checkpoint writer (aside, then renamed): Ray only ever copies a whole file into
+            # its storage, and a failed save reports nothing, so Ray's newest checkpoint stays the last good one
+            save_checkpoint(Path(directory), state.checkpoint(rank_states))
             checkpoint = Checkpoint.from_directory(directory)
         ray.train.report(metrics, checkpoint=checkpoint)
 

@@ -188,12 +188,23 @@ def due(step: int, every: int, last: int) -> bool:
 
 
 def save_checkpoint(directory: Path, state: dict) -> Path:
-    """Write aside, then rename: a run killed mid-save leaves the previous checkpoint intact."""
+    """Write aside in the same folder, then rename: a run killed or failing mid-save (a full disk)
+    leaves the previous checkpoint intact, and no partial file behind to fill the disk further.
+    Flushed to disk before the rename, so a machine that goes down just after it cannot leave the
+    new name on a file the disk never received."""
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / CHECKPOINT_FILE
     partial = directory / f".{CHECKPOINT_FILE}.{os.getpid()}"
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        with open(partial, "wb") as file:
+            torch.save(state, file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return path
 
 

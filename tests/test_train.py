@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from mvg.config import preset
 from mvg.step import HybridObjective
-from mvg.train import CHECKPOINT_FILE, TrainingState, load_checkpoint, train
+from mvg.train import CHECKPOINT_FILE, TrainingState, load_checkpoint, save_checkpoint, train
 
 CONFIG = preset("tiny-cpu").with_overrides(
     model={"depth": 2, "embed_dim": 96, "num_heads": 3}, optim={"batch_size": 4, "warmup_steps": 5, "steps": 60}
@@ -43,6 +46,51 @@ def test_resume_continues_bit_for_bit(store, tmp_path):
     for (name, a), (_, b) in zip(straight.model.state_dict().items(), resumed.model.state_dict().items()):
         assert torch.equal(a, b), name
     assert not list((tmp_path / "resumed").glob(f".{CHECKPOINT_FILE}.*")), "no partial checkpoint left"
+
+
+def crash_mid_save(monkeypatch) -> None:
+    """torch.save writes part of the file, then fails as a full disk would."""
+
+    def partial_save(state, file):
+        opened = file if hasattr(file, "write") else open(file, "wb")
+        opened.write(b"PK\x03\x04 half a checkpoint")
+        opened.flush()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", partial_save)
+
+
+def test_a_save_that_fails_midway_keeps_the_previous_checkpoint_and_leaves_no_partial(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"step": 4, "weights": torch.arange(3.0)})
+    crash_mid_save(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(tmp_path, {"step": 8, "weights": torch.zeros(3)})
+    previous = load_checkpoint(tmp_path)
+    assert previous["step"] == 4 and torch.equal(previous["weights"], torch.arange(3.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE], "no partial checkpoint left"
+
+
+def test_ray_is_handed_a_whole_checkpoint_or_none(tmp_path, monkeypatch):
+    """Rank 0's report to Ray: a folder holding just the complete checkpoint; a save that fails
+    midway reports nothing, so Ray's newest checkpoint (what a restart resumes from) stays the last good one."""
+    import ray.train
+
+    from mvg import distributed
+
+    reported = []
+
+    def report(metrics, checkpoint=None):
+        folder = checkpoint.path
+        reported.append((metrics["step"], sorted(os.listdir(folder)), load_checkpoint(folder)["step"]))
+
+    monkeypatch.setattr(ray.train, "report", report)
+    state = SimpleNamespace(checkpoint=lambda rank_states: {"step": 5, "weights": torch.ones(2)})
+    distributed._report(state, {"step": 5}, rank=0)
+    assert reported == [(5, [CHECKPOINT_FILE], 5)]
+    crash_mid_save(monkeypatch)
+    with pytest.raises(OSError, match="No space left"):
+        distributed._report(state, {"step": 10}, rank=0)
+    assert len(reported) == 1, "nothing reported for the failed save"
 
 
 def test_gradient_accumulation_matches_one_large_batch(store):

@@ -33,7 +33,7 @@ from flows.cli import parse_overrides
 from mvg.config import preset
 from mvg.evaluation import BASELINE_BY_TASK, MASKED, MODEL, DatasetEvaluation, evaluate_dataset, tables, to_markdown
 from mvg.tracking import tracking_uri
-from mvg.train import train
+from mvg.train import save_checkpoint, train
 from storage.recipes import build_real_store
 from storage.store import ZarrStore
 
@@ -141,8 +141,12 @@ def main() -> None:
                            **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
         began = time.perf_counter()
         trained = train(config, [store], log_every=100, on_log=lambda row: print(
-            f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s)", flush=True))
+            f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s) "
+            + " ".join(f"{key[5:]} {value:.4f}" for key, value in row.items() if key.startswith("loss_")), flush=True))
         train_s = time.perf_counter() - began
+        # the trained weights beside the result, loadable with mvg.train.load_trained: evaluation
+        # choices (prompt draws, painting) can be compared again without another half hour of training
+        save_checkpoint(args.out.with_suffix(""), {"model": trained.model.state_dict(), "config": config.to_dict(), "step": trained.step})
         for row in trained.history:
             mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
@@ -182,7 +186,8 @@ def main() -> None:
             "datasets": built,
             "ingest_s": ingest_s,
             "training": {"budget_min": args.minutes, "steps": trained.step, "wall_s": train_s, "episodes": episodes,
-                         "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"]},
+                         "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"],
+                         "history": trained.history},
             "evaluation": {"draws": args.draws, "shots": 1,
                            "summary": {e.dataset: {method: {metric: {"mean": a.mean, "std": a.std} for metric, a in metrics.items()}
                                                    for method, metrics in e.summary.items()} for e in evaluations}},

@@ -13,6 +13,7 @@ TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
 DECODERS = ("paper", "unet")
 DATASET_WEIGHTINGS = ("uniform", "sqrt-slices")
 SLOT_SHARES = ("learned", "task")
+SLOT_INFERENCES = ("soft", "argmax")
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,12 @@ class ModelConfig:
     # the prompt like everything else) or "task" (all of it for segmentation episodes, none for
     # image tasks: inference says its task, and the slots' sorting then never blurs a denoising)
     slot_share: str = "learned"
+    # How a trained model paints in slots ("soft": as in training, each pixel in its slots'
+    # softmax-weighted colours; "argmax": each slot's colour over the prompt pixels it wins, each
+    # query pixel in its winning slot's colour). A soft mix of two slots at an edge can land on the
+    # level of a third class (an LV edge half background passes the myocardium's level), which
+    # nearest-level decoding then reads as that class. Training always paints soft (gradients).
+    slot_inference: str = "soft"
     # "paper" decoder only: 0 = as the paper; > 0 adds a full-resolution conv stem over the pair's image
     pixel_skip_channels: int = 0
 
@@ -65,6 +72,8 @@ class ModelConfig:
             raise ValueError(f"model.decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.slot_share not in SLOT_SHARES:
             raise ValueError(f"model.slot_share {self.slot_share!r} is not one of {', '.join(SLOT_SHARES)}")
+        if self.slot_inference not in SLOT_INFERENCES:
+            raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
         for option in ("prompt_readout", "image_residual", "readout_slots"):
             if getattr(self, option) and self.decoder != "unet":
                 raise ValueError(f"model.{option} needs model.decoder = 'unet'")
@@ -94,6 +103,9 @@ class ObjectiveConfig:
     whole_target_probability: float = 0.25  # sometimes mask the whole query target
     smooth_l1_beta: float = 0.01
     background_weight: float = 0.1  # segmentation background pixels count this much
+    # image tasks' pixels the target leaves as the image was count this much (1.0: all alike, the
+    # paper); below 1 the region inpainting fills is not drowned by the copied rest
+    unchanged_weight: float = 1.0
     colouring: str = "random"  # binary | predefined | random
     # Loss weight of segmentation targets painted with no prompt before them: Py_1 of the
     # autoregressive sequence, predicted from Px_1 alone. Its colours are drawn per episode, so
@@ -106,6 +118,11 @@ class ObjectiveConfig:
     # it towards the slot whose prompt colour it has, as a classifier's cross-entropy would.
     slot_likelihood_weight: float = 0.0
     slot_sigma: float = 0.02  # the palette's levels lie 1/16 apart
+    # With `model.readout_slots`, on autoregressive segmentation episodes: weight of the first
+    # prompt's target painted from its own slots in the colours they read from it (smooth L1). The
+    # query's loss teaches the sorting only through the query's pixels; this scores every prompt
+    # pixel too, and it can be met only by slots that each hold one class (0 = off).
+    prompt_slot_weight: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -376,11 +376,18 @@ class MVG(nn.Module):
         painted, slot_logits, share = self.decoder.heads(own, pixels, carried)
         if colours is None:  # no prompt before this image (or no slot painting): the regression alone
             return painted, slot_logits, None
-        share = torch.sigmoid(share)
+        slots_painted = paint_slots(slot_logits, colours, hard=self._hard_slots).to(painted.dtype)
         if self.config.slot_share == "task":  # rows not said to be anything are segmentation, as in `predict`
-            rows = torch.ones(painted.shape[0], device=painted.device) if segmentation is None else segmentation
-            share = rows.to(painted.dtype).view(-1, 1, 1, 1).expand_as(share)
-        return painted + share * (paint_slots(slot_logits, colours) - painted), slot_logits, colours
+            rows = torch.ones(painted.shape[0], dtype=torch.bool, device=painted.device) if segmentation is None else segmentation
+            # chosen, not mixed at a share of exactly 0 or 1: p + 1 * (s - p) is not s in floats
+            return torch.where(rows.view(-1, 1, 1, 1), slots_painted, painted), slot_logits, colours
+        share = torch.sigmoid(share)
+        return painted + share * (slots_painted - painted), slot_logits, colours
+
+    @property
+    def _hard_slots(self) -> bool:
+        """Paint (and read colours) by each pixel's winning slot: a trained model, if configured."""
+        return not self.training and self.config.slot_inference == "argmax"
 
     def _slot_colours(
         self,
@@ -400,7 +407,7 @@ class MVG(nn.Module):
             for i, tokens in enumerate(prompts)
         ]
         logits = torch.stack(logits, dim=1)
-        return slot_colours(logits, prompt_targets)
+        return slot_colours(logits, prompt_targets, hard=self._hard_slots)
 
     def _tokens_of(self, features: torch.Tensor, image: int) -> torch.Tensor:
         tokens = self.config.tokens_per_image
@@ -449,7 +456,8 @@ class MVG(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """Autoregressive, block-causal: [Px_1, Py_1, ..., Px_k, Py_k, X]. The output at each image
         predicts the next one: returns the predictions of Py_1..Py_k (B, k, 1, H, W) and of Y;
-        `with_slots` also the query's slot logits and slot colours (see `decode_parts`)."""
+        `with_slots` also the query's slot logits and slot colours (see `decode_parts`) and the
+        first prompt image's slot logits (B, K, H, W), which the colours were read through."""
         pairs = prompt_images.shape[1]
         sequence = []
         for pair in range(pairs):
@@ -472,7 +480,7 @@ class MVG(nn.Module):
         query = self.decode_parts(
             features, 2 * pairs, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation, prompt_parts[0][1]
         )
-        return (prompt_outputs, *query) if with_slots else (prompt_outputs, query[0])
+        return (prompt_outputs, *query, prompt_parts[0][1]) if with_slots else (prompt_outputs, query[0])
 
     # ------------------------------------------------------------------------ inference
 
@@ -549,21 +557,31 @@ class MVG(nn.Module):
         return self.forward_ar(prompt_images, prompt_targets, query, segmentation=_task_rows(query, task))[1].clamp(0, 1)
 
 
-def slot_colours(slot_logits: torch.Tensor, prompt_targets: torch.Tensor) -> torch.Tensor:
-    """The colour of each slot: the mean prompt target over the prompt pixels sorted into it.
+def slot_colours(slot_logits: torch.Tensor, prompt_targets: torch.Tensor, hard: bool = False) -> torch.Tensor:
+    """The colour of each slot: the mean prompt target over the prompt pixels sorted into it
+    (softly, or with `hard` only those whose winning slot it is).
 
     slot_logits (B, k, K, H, W) of the prompt images, prompt_targets (B, k, 1, H, W) -> (B, K). A
     slot the prompts leave empty reads as background (0): a hundredth of a pixel's prior mass,
     small enough not to pull a ten-pixel structure's level towards 0 by more than 0.1 %."""
-    weights = torch.softmax(slot_logits.float(), dim=2)
+    weights = _slot_weights(slot_logits, dim=2, hard=hard)
     mass = weights.sum(dim=(1, 3, 4))
     return (weights * prompt_targets.float()).sum(dim=(1, 3, 4)) / (mass + 0.01)
 
 
-def paint_slots(slot_logits: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
-    """Each pixel painted in its slots' colours: (B, K, H, W) logits, (B or 1, K) -> (B, 1, H, W)."""
-    weights = torch.softmax(slot_logits.float(), dim=1)
+def paint_slots(slot_logits: torch.Tensor, colours: torch.Tensor, hard: bool = False) -> torch.Tensor:
+    """Each pixel painted in its slots' colours (softmax-weighted, or with `hard` its winning
+    slot's): (B, K, H, W) logits, (B or 1, K) -> (B, 1, H, W)."""
+    weights = _slot_weights(slot_logits, dim=1, hard=hard)
     return (weights * colours[:, :, None, None]).sum(dim=1, keepdim=True).to(slot_logits.dtype)
+
+
+def _slot_weights(slot_logits: torch.Tensor, dim: int, hard: bool) -> torch.Tensor:
+    """Softmax over the slot axis, or its one-hot argmax."""
+    if not hard:
+        return torch.softmax(slot_logits.float(), dim=dim)
+    winners = slot_logits.argmax(dim=dim, keepdim=True)
+    return torch.zeros_like(slot_logits, dtype=torch.float32).scatter_(dim, winners, 1.0)
 
 
 def _task_rows(query: torch.Tensor, task: str) -> torch.Tensor:

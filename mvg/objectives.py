@@ -10,6 +10,11 @@ import torch
 import torch.nn.functional as F
 
 
+# |target - image| at or below this is "unchanged": well under one grey level of 8 bits, yet above
+# the float noise of resizing two copies of the same pixels alike
+UNCHANGED_TOLERANCE = 1e-3
+
+
 def block_mask(
     batch: int,
     grid: int,
@@ -57,13 +62,29 @@ def patch_mask_to_pixels(mask: torch.Tensor, grid: int, patch: int) -> torch.Ten
     return F.interpolate(pixels, scale_factor=patch, mode="nearest")
 
 
-def target_weights(target: torch.Tensor, is_segmentation: torch.Tensor, background_weight: float) -> torch.Tensor:
+def target_weights(
+    target: torch.Tensor,
+    is_segmentation: torch.Tensor,
+    background_weight: float,
+    image: torch.Tensor | None = None,
+    unchanged_weight: float = 1.0,
+) -> torch.Tensor:
     """Per-pixel loss weights: segmentation background pixels count `background_weight` (organs are
     small; without it the model learns to paint background), and segmentation targets with no
-    foreground at all count nothing (an empty prompt teaches no task)."""
+    foreground at all count nothing (an empty prompt teaches no task).
+
+    Image tasks' pixels that the target leaves as its `image` was count `unchanged_weight`: they are
+    the image task's background. Inpainting changes only the region to fill, often a few per cent of
+    the image; weighted alike, the copied rest dominates the loss and the model that copies the
+    whole image is nearly optimal. Denoising and synthesis change almost every pixel, so their
+    weighted means barely move."""
     seg = is_segmentation.view(-1, 1, 1, 1).to(target.dtype)
     foreground = (target > 0).to(target.dtype)
-    weights = seg * (foreground + (1 - foreground) * background_weight) + (1 - seg)
+    image_weights = torch.ones_like(target)
+    if image is not None and unchanged_weight != 1.0:
+        changed = ((target - image).abs() > UNCHANGED_TOLERANCE).to(target.dtype)
+        image_weights = changed + (1 - changed) * unchanged_weight
+    weights = seg * (foreground + (1 - foreground) * background_weight) + (1 - seg) * image_weights
     empty = (foreground.flatten(1).sum(1) == 0) & is_segmentation
     return weights * (~empty).view(-1, 1, 1, 1).to(target.dtype)
 

@@ -3,7 +3,8 @@
 Each episode already says its path (`is_mim`, sampled by the episode sampler from the mix: segmentation
 100 % autoregressive, other tasks 90 % MIM). Rows of each path run together; the loss of an episode
 is the mean over its target images (prompt targets and the query target) of the weighted smooth L1,
-weighted by target (`ObjectiveConfig.unprompted_segmentation_weight`).
+weighted by target (`ObjectiveConfig.unprompted_segmentation_weight`) and by pixel (`target_weights`); with slots
+the slot likelihood and the prompt's own slot painting join it on segmentation episodes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from mvg.config import TASKS, ObjectiveConfig
-from mvg.model import MVG
+from mvg.model import MVG, paint_slots
 from mvg.objectives import block_mask, patch_mask_to_pixels, slot_likelihood, target_weights, weighted_smooth_l1
 
 
@@ -34,7 +35,7 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
     is_segmentation = batch["is_segmentation"]
     rows, pairs = prompt_images.shape[:2]
     config = model.config
-    slot_logits = colours = None
+    slot_logits = colours = prompt_slots = None
     if is_mim:
         prompt_masks = block_mask(rows * pairs, config.grid, objective.mask_ratio, 0.0, generator).view(rows, pairs, -1)
         query_mask = block_mask(rows, config.grid, objective.mask_ratio, objective.whole_target_probability, generator)
@@ -46,17 +47,17 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         prompt_pixels = patch_mask_to_pixels(prompt_masks.flatten(0, 1), config.grid, config.patch_size).view_as(prompt_targets)
         query_pixels = patch_mask_to_pixels(query_mask, config.grid, config.patch_size)
     else:
-        prompt_out, query_out, slot_logits, colours = model.forward_ar(
+        prompt_out, query_out, slot_logits, colours, prompt_slots = model.forward_ar(
             prompt_images, prompt_targets, query_image, with_slots=True, segmentation=is_segmentation
         )
         prompt_pixels, query_pixels = torch.ones_like(prompt_targets), torch.ones_like(query_target)
 
-    def loss(prediction, target, pixels):
-        weights = target_weights(target, is_segmentation, objective.background_weight) * pixels
-        return weighted_smooth_l1(prediction, target, weights, objective.smooth_l1_beta)
+    def loss(prediction, target, image, pixels):
+        weights = target_weights(target, is_segmentation, objective.background_weight, image, objective.unchanged_weight)
+        return weighted_smooth_l1(prediction, target, weights * pixels, objective.smooth_l1_beta)
 
-    per_target = [loss(query_out, query_target, query_pixels)]
-    per_target += [loss(prompt_out[:, p], prompt_targets[:, p], prompt_pixels[:, p]) for p in range(pairs)]
+    per_target = [loss(query_out, query_target, query_image, query_pixels)]
+    per_target += [loss(prompt_out[:, p], prompt_targets[:, p], prompt_images[:, p], prompt_pixels[:, p]) for p in range(pairs)]
     weights = torch.ones(rows, len(per_target), device=query_image.device)
     if not is_mim:  # Py_1 is painted from Px_1 alone: for segmentation it has no colours to read
         weights[:, 1] = torch.where(is_segmentation, objective.unprompted_segmentation_weight, 1.0)
@@ -65,6 +66,14 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         pixel_weights = target_weights(query_target, is_segmentation, objective.background_weight)
         likelihood = slot_likelihood(slot_logits, colours, query_target, pixel_weights, objective.slot_sigma)
         losses = losses + objective.slot_likelihood_weight * torch.where(is_segmentation, likelihood, 0.0)
+    if not is_mim and colours is not None and objective.prompt_slot_weight:
+        # the first prompt painted in the colours its own slots read from it: exact only where
+        # its slots are pure, each holding one class (whatever colour the episode gave it)
+        own = paint_slots(prompt_slots, colours)
+        pixels = torch.ones_like(own)
+        losses = losses + objective.prompt_slot_weight * torch.where(
+            is_segmentation, loss(own, prompt_targets[:, 0], prompt_images[:, 0], pixels), 0.0
+        )
     return losses
 
 

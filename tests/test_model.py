@@ -242,6 +242,52 @@ def test_task_slot_share_paints_segmentation_in_prompt_levels_and_images_by_regr
         preset("tiny-cpu").with_overrides(model={"slot_share": "sometimes"})
 
 
+def test_argmax_slot_inference_paints_only_prompt_levels_where_soft_mixes_them():
+    """Two slots tied at a pixel: the soft painting lands between their colours (a level no prompt
+    pixel has); argmax paints one of them. A model configured with it paints argmax in eval mode
+    only, and every painted value is then one of its slot colours."""
+    logits = torch.zeros(1, 2, 1, 1)
+    colours = torch.tensor([[0.0, 0.8]])
+    assert float(paint_slots(logits, colours)) == pytest.approx(0.4)
+    assert float(paint_slots(logits, colours, hard=True)) in (0.0, pytest.approx(0.8))
+    model = tiny(decoder="unet", readout_slots=4, slot_share="task", slot_inference="argmax")
+    px, _, x, _ = images(1, 1)
+    levels = torch.where(px > 0.5, 0.25, 0.75)
+    painted = model.predict(x, px, levels, task="segmentation")
+    values = torch.unique(painted)
+    assert values.numel() <= 4, "each pixel in one of 4 slot colours"
+    assert all(v == 0 or 0.25 - 1e-5 <= v <= 0.75 + 1e-5 for v in values.tolist()), "a slot's colour is a mean of prompt levels"
+    soft = tiny(decoder="unet", readout_slots=4, slot_share="task")
+    assert not torch.allclose(soft.predict(x, px, levels, task="segmentation"), painted, atol=1e-3)
+    model.train()
+    assert torch.allclose(model.forward_ar(px, levels, x)[1], soft.train().forward_ar(px, levels, x)[1], atol=1e-5), "training paints soft"
+    with pytest.raises(ValueError, match="slot_inference"):
+        preset("tiny-cpu").with_overrides(model={"slot_inference": "median"})
+
+
+def test_unchanged_pixels_of_image_targets_weigh_less():
+    """An inpainting pair changes only its hole: with unchanged_weight the copied rest weighs less,
+    the hole full; segmentation weights ignore it; 1.0 weighs every image pixel alike."""
+    target = torch.full((2, 1, 4, 4), 0.5)
+    image = target.clone()
+    image[:, :, :2, :2] = 0.0  # the hole
+    segmentation = torch.tensor([False, True])
+    weights = target_weights(target, segmentation, 0.1, image, unchanged_weight=0.2)
+    assert bool((weights[0, 0, :2, :2] == 1).all()) and torch.allclose(weights[0, 0, 2:], torch.full((2, 4), 0.2))
+    assert bool((weights[1] == 1).all()), "segmentation weighs its foreground, whatever the image"
+    assert bool((target_weights(target, segmentation, 0.1, image)[0] == 1).all())
+    config = ObjectiveConfig(unchanged_weight=0.2)
+    model = tiny(decoder="unet")
+    px, py, x, _ = images(1, 1)
+    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": x.clone(),
+             "is_segmentation": torch.tensor([False]), "is_mim": torch.tensor([False])}
+    batch["query_target"][..., :8, :8] = 1.0  # the query's target changes only a corner
+    with torch.no_grad():
+        weighted = episode_losses(model, batch, config)
+        alike = episode_losses(model, batch, ObjectiveConfig())
+    assert not torch.allclose(weighted, alike), "the weights reach the loss"
+
+
 def test_slot_likelihood_rewards_the_slot_whose_colour_is_the_level():
     colours = torch.tensor([[0.25, 0.75]])
     target = torch.full((1, 1, 2, 2), 0.75)
@@ -264,6 +310,26 @@ def test_slot_likelihood_is_added_on_segmentation_episodes_only():
     with_likelihood = episode_losses(model, batch, ObjectiveConfig(slot_likelihood_weight=1.0))
     assert float(with_likelihood[0]) > float(plain[0]) + 0.1
     assert float(with_likelihood[1]) == pytest.approx(float(plain[1]))
+
+
+def test_prompt_slot_loss_scores_the_prompt_painted_from_its_own_slots():
+    """On segmentation rows only; zero where the prompt's slots are pure (each holding one level
+    of the prompt target), above zero where one slot mixes two levels."""
+    model = tiny(decoder="unet", readout_slots=4, image_residual=False)
+    px, py, x, y = images(2, 1)
+    py, y = (py > 0.5).float(), (y > 0.5).float()
+    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
+             "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+    plain = episode_losses(model, batch, ObjectiveConfig())
+    with_prompt = episode_losses(model, batch, ObjectiveConfig(prompt_slot_weight=1.0))
+    assert float(with_prompt[0]) > float(plain[0])
+    assert float(with_prompt[1]) == pytest.approx(float(plain[1])), "image episodes are not painted in slots"
+    target = py[:1, 0]
+    pure = torch.cat([target * 40 - 20, (1 - target) * 40 - 20, torch.full((1, 2, 64, 64), -20.0)], dim=1)
+    own = paint_slots(pure, slot_colours(pure[:, None], target[:, None]))
+    assert torch.allclose(own, target, atol=1e-3), "pure slots paint their prompt back"
+    mixed = torch.zeros(1, 4, 64, 64)
+    assert float((paint_slots(mixed, slot_colours(mixed[:, None], target[:, None])) - target).abs().mean()) > 0.2
 
 
 def test_residual_that_starts_open_starts_as_the_identity():

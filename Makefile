@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 
-.PHONY: install demo test bench bench-acdc bench-real real-store clean
+.PHONY: install demo test lock bench bench-acdc bench-real real-store clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,12 @@ demo: install
 
 test: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q
+
+# requirements.lock: every dependency pinned for the worker image (infra/docker/Dockerfile), resolved
+# from pyproject.toml for its Python (Ubuntu 24.04's 3.12) on x86-64 Linux
+lock: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/uv pip compile pyproject.toml --python-version 3.12 --python-platform x86_64-manylinux_2_28 --quiet -o requirements.lock
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m benchmarks.ingest

@@ -1,7 +1,8 @@
 """MLflow for training runs: where tracking lives, the run a flow opens, and what rank 0 logs into it.
 
 Tracking defaults to SQLite under MVG_HOME with artifacts beside it; `MLFLOW_TRACKING_URI` points
-everything at a server instead. A run is found again by its name, so re-running with the same
+everything at a server instead, and `MLFLOW_REGISTRY_URI`, when set, the model registry alone (as
+MLflow's own clients read it). A run is found again by its name, so re-running with the same
 run name continues the same MLflow run (and Ray run) instead of starting a second one.
 """
 
@@ -33,9 +34,16 @@ def tracking_uri(home: str | Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mvg_home(home) / 'mlflow.db'}"
 
 
+def registry_uri(tracking: str | None = None) -> str:
+    """Where registered models live: `MLFLOW_REGISTRY_URI`, else the tracking URI (MLflow's rule;
+    a deployment may keep its registry in a database apart from the runs)."""
+    return os.environ.get("MLFLOW_REGISTRY_URI") or tracking or tracking_uri()
+
+
 def client(uri: str | None = None) -> MlflowClient:
+    """A client for runs at `uri` (default: `tracking_uri()`) and the registry at `registry_uri`."""
     uri = uri or tracking_uri()
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry_uri(uri))
 
 
 class TrackingServerUnreachable(ConnectionError):

@@ -35,6 +35,7 @@ RAYJOB = INFRA / "kuberay" / "rayjob.yaml"
 STORAGE = INFRA / "kuberay" / "storage.yaml"
 COMPOSE = INFRA / "mlflow" / "docker-compose.yaml"
 WORKER_DOCKERFILE = INFRA / "docker" / "Dockerfile"
+LOCK = ROOT / "requirements.lock"
 MLFLOW_DOCKERFILE = INFRA / "mlflow" / "Dockerfile"
 JOB_TEMPLATE = INFRA / "prefect" / "mvg-cluster.base-job-template.json"
 WORKER_VALUES = INFRA / "prefect" / "worker-values.yaml"
@@ -60,6 +61,12 @@ def load_one(path: Path) -> dict:
 def project_requirements() -> dict[str, Requirement]:
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     return {canonicalize_name(r.name): r for r in map(Requirement, dependencies)}
+
+
+def requirement_files(command: str) -> list[str]:
+    """The files `pip install -r FILE` installs from in a shell command."""
+    tokens = shlex.split(command, comments=False, posix=True)
+    return [tokens[i + 1] for i, token in enumerate(tokens[:-1]) if token in ("-r", "--requirement")]
 
 
 def pip_install_targets(command: str) -> list[str]:
@@ -377,6 +384,7 @@ def test_compose_publishes_ports_on_loopback_by_default():
 def test_mlflow_server_version_satisfies_the_projects_requirement():
     version = dockerfile_args(MLFLOW_DOCKERFILE.read_text())["MLFLOW_VERSION"]
     assert Version(version) in project_requirements()["mlflow"].specifier
+    assert Version(version) == locked_versions()["mlflow"], "the tracking server and the workers' client run one MLflow"
 
 
 # ---------------------------------------------------------------- worker image
@@ -385,8 +393,48 @@ def test_mlflow_server_version_satisfies_the_projects_requirement():
 def test_dockerfile_pip_specifiers_match_pyproject():
     runs = [a for k, a in dockerfile_instructions(WORKER_DOCKERFILE.read_text()) if k == "RUN"]
     targets = [t for run in runs for t in pip_install_targets(run)]
-    assert {"torch>=2.4", "torchvision>=0.19", "."} <= set(targets), targets
+    assert "." in targets, targets
     assert specifier_problems(targets, project_requirements()) == []
+
+
+def locked_versions() -> dict[str, Version]:
+    """requirements.lock: canonical name -> the pinned version."""
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            requirement = Requirement(line)
+            (pin,) = requirement.specifier
+            assert pin.operator == "==", line
+            pins[canonicalize_name(requirement.name)] = Version(pin.version)
+    return pins
+
+
+def test_dockerfile_installs_the_lock_then_the_project_without_dependencies():
+    runs = [a for k, a in dockerfile_instructions(WORKER_DOCKERFILE.read_text()) if k == "RUN"]
+    lock = next(i for i, r in enumerate(runs) if requirement_files(r) == ["requirements.lock"])
+    project = next(i for i, r in enumerate(runs) if "." in pip_install_targets(r))
+    assert lock < project and "--no-deps" in shlex.split(runs[project]), "the project must add nothing the lock did not pin"
+    explicit = [t for run in runs for t in pip_install_targets(run) if not is_project_path(t)]
+    assert {canonicalize_name(Requirement(t).name) for t in explicit} <= TOOLING, explicit
+
+
+def test_the_lock_pins_every_dependency_within_pyprojects_specifiers():
+    pins = locked_versions()
+    for name, requirement in project_requirements().items():
+        assert name in pins, f"{name} is a dependency but not in requirements.lock: run make lock"
+        assert pins[name] in requirement.specifier, f"requirements.lock pins {name}=={pins[name]}, pyproject.toml says {requirement}"
+
+
+def test_ray_is_pinned_to_kuberays_ray_version_everywhere():
+    versions = {
+        "raycluster.yaml rayVersion": load_one(RAYCLUSTER)["spec"]["rayVersion"],
+        "rayjob.yaml rayVersion": load_one(RAYJOB)["spec"]["rayClusterSpec"]["rayVersion"],
+        "requirements.lock": str(locked_versions()["ray"]),
+    }
+    (pin,) = project_requirements()["ray"].specifier
+    versions["pyproject.toml"] = pin.version if pin.operator == "==" else str(pin)
+    assert len(set(versions.values())) == 1, versions
 
 
 @pytest.mark.parametrize(
@@ -394,7 +442,7 @@ def test_dockerfile_pip_specifiers_match_pyproject():
     [
         ('pip install "torch>=2.5" "torchvision>=0.19"', "pyproject.toml says 'torch>=2.4'"),
         ('pip install "torch==2.13.0"', "pyproject.toml says 'torch>=2.4'"),
-        ('pip install "ray[train]>=2.51"', "pyproject.toml says 'ray[default,train]>=2.51'"),
+        ('pip install "ray[train]==2.60.0"', "pyproject.toml says 'ray[default,train]==2.60.0'"),
         ('pip install "cupy>=13"', "not a dependency"),
     ],
 )
@@ -403,15 +451,14 @@ def test_specifier_check_catches_drift(line, problem):
     assert problem in found
 
 
-def test_dockerfile_builds_on_cuda_and_installs_torch_before_the_project():
+def test_dockerfile_builds_on_cuda_and_the_lock_brings_torchs_cuda_libraries():
     text = WORKER_DOCKERFILE.read_text()
     instructions = dockerfile_instructions(text)
     assert dockerfile_args(text)["CUDA_IMAGE"].startswith("nvidia/cuda:")
     assert ("FROM", "${CUDA_IMAGE}") in instructions
-    runs = [a for k, a in instructions if k == "RUN"]
-    first_torch = next(i for i, r in enumerate(runs) if any(t.startswith("torch") for t in pip_install_targets(r)))
-    first_project = next(i for i, r in enumerate(runs) if "." in pip_install_targets(r))
-    assert first_torch < first_project, "pip would otherwise take torch from PyPI, not the CUDA index"
+    pins = locked_versions()
+    assert {"torch", "torchvision"} <= set(pins)
+    assert any(name.startswith("nvidia-") for name in pins), "the locked torch is a CUDA build (nvidia-* wheels)"
 
 
 def test_dockerfile_copies_only_what_the_dockerignore_lets_through():

@@ -219,10 +219,31 @@ def _check_slice_positions(path: Path, slices, normal: np.ndarray) -> None:
 
 
 def _rescaled_pixels(dataset) -> np.ndarray:
-    pixels = dataset.pixel_array.astype(np.float32)
+    """The slice in HU (or the modality's units). Compressed pixel data is decoded by pydicom where it
+    can (RLE natively, JPEG baseline and JPEG 2000 through Pillow); what it has no decoder for
+    (JPEG lossless, JPEG-LS) by GDCM inside SimpleITK, so no extra decoder package is needed."""
+    try:
+        pixels = dataset.pixel_array.astype(np.float32)
+    except (RuntimeError, NotImplementedError) as error:  # pydicom: no installed plugin decodes this syntax
+        return _gdcm_rescaled_pixels(dataset, error)
     slope = float(getattr(dataset, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(dataset, "RescaleIntercept", 0.0) or 0.0)
     return pixels * slope + intercept
+
+
+def _gdcm_rescaled_pixels(dataset, pydicom_error: Exception) -> np.ndarray:
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetImageIO("GDCMImageIO")  # applies RescaleSlope and RescaleIntercept itself
+    reader.SetFileName(str(dataset.filename))
+    try:
+        frames = sitk.GetArrayFromImage(reader.Execute())  # (frames, rows, columns)
+    except RuntimeError as error:
+        syntax = dataset.file_meta.TransferSyntaxUID
+        raise ReadError(Path(dataset.filename), f"pixel data in {syntax.name} ({syntax}) could not be decoded: "
+                        f"{str(pydicom_error).splitlines()[0]}; GDCM: {str(error).strip().splitlines()[-1]}") from error
+    return frames[0].astype(np.float32) if frames.shape[0] == 1 else frames.astype(np.float32)
 
 
 def read_itk(path: Path, slice_axis: int | None = None) -> Scan:

@@ -12,6 +12,7 @@ own affine into world space and back through the canonical affine.
 from __future__ import annotations
 
 import gzip
+import io
 import random
 
 import h5py
@@ -419,6 +420,62 @@ def test_dicom_single_file_reads_as_one_slice(tmp_path):
     assert scan.geometry.spacing == pytest.approx(SPACING_ZYX, abs=1e-5)
     hu = canonical_volume()
     assert any(np.array_equal(scan.array[0], hu[k]) for k in range(NZ))
+
+
+def compress_slice(file, syntax: str, tmp_path) -> None:
+    """Rewrite one slice of `write_dicom_series` with its pixel data compressed in `syntax`:
+    RLE Lossless by pydicom's own encoder; JPEG 2000 lossless and JPEG baseline (8-bit, lossy) encoded
+    by Pillow; JPEG lossless (process 14) by GDCM through SimpleITK, which pydicom alone cannot decode."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, RLELossless
+
+    ds = pydicom.dcmread(str(file))
+    stored = ds.pixel_array
+    if syntax == "rle":
+        ds.compress(RLELossless)
+    elif syntax == "jpeg-lossless":
+        image = sitk.GetImageFromArray(stored.astype(np.uint16)[np.newaxis])
+        writer = sitk.ImageFileWriter()
+        writer.SetImageIO("GDCMImageIO")
+        writer.SetUseCompression(True)
+        writer.SetCompressor("JPEG")  # GDCM's JPEG is lossless, process 14
+        writer.SetFileName(str(tmp_path / "gdcm.dcm"))
+        writer.Execute(image)
+        encoded = pydicom.dcmread(str(tmp_path / "gdcm.dcm"))
+        ds.file_meta.TransferSyntaxUID = encoded.file_meta.TransferSyntaxUID
+        ds.PixelData = encoded.PixelData
+    else:
+        if syntax == "jpeg-baseline":  # 8 bits stored: 4 HU per level
+            stored = np.round(stored / 4).astype(np.uint8)
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.RescaleSlope = 8, 8, 7, "4"
+            picture, uid, options = Image.fromarray(stored, mode="L"), JPEGBaseline8Bit, {"format": "JPEG", "quality": 100}
+        else:
+            picture, uid, options = Image.fromarray(stored.astype(np.uint16)), JPEG2000Lossless, {
+                "format": "JPEG2000", "irreversible": False, "no_jp2": True}
+        encoded = io.BytesIO()
+        picture.save(encoded, **options)
+        ds.file_meta.TransferSyntaxUID = uid
+        ds.PixelData = encapsulate([encoded.getvalue()])
+        ds["PixelData"].VR = "OB"
+    ds.save_as(str(file), enforce_file_format=True)
+
+
+@pytest.mark.parametrize("syntax", ["rle", "jpeg2000", "jpeg-lossless", "jpeg-baseline"])
+def test_a_compressed_dicom_series_reads_like_the_uncompressed_one(tmp_path, syntax):
+    folder = tmp_path / syntax
+    write_dicom_series(folder)
+    for file in folder.iterdir():
+        compress_slice(file, syntax, tmp_path)
+    assert pydicom.dcmread(str(next(folder.iterdir()))).file_meta.TransferSyntaxUID.is_compressed
+
+    scan = read_scan(folder)
+
+    assert scan.array.shape == (NZ, NY, NX)
+    if syntax == "jpeg-baseline":  # lossy, and 8 bits: within a few 4-HU levels
+        np.testing.assert_allclose(scan.array, canonical_volume(), atol=4 * 3)
+    else:
+        np.testing.assert_array_equal(scan.array, canonical_volume())
+    np.testing.assert_allclose(scan.geometry.affine, canonical_affine(), atol=1e-4)
 
 
 def test_dicom_folder_with_a_missing_slice_is_refused(tmp_path):

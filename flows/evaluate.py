@@ -26,6 +26,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.promote import FAILED_CASES_TAG, promote_flow
+from mvg.cards import refresh_cards
 from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, NoCaseScored, evaluate_dataset, tables, to_csv, to_markdown
 from mvg.loading import load_model, local_model
 from mvg.names import CANDIDATE, EVALUATION_EXPERIMENT, alias_uri, version_uri
@@ -155,6 +156,7 @@ def evaluate_flow(
             return {e.dataset: {PRIMARY_METRIC[e.task]: scores[e.dataset]} for e in evaluations if e.dataset in scores}
 
         record_evaluation(uri, name, number, by_metric(summary["scores"]), run_id, baselines=by_metric(summary["baselines"]))
+        refresh_cards(uri, name, number)
         mlflow.set_model_version_tag(name, number, FAILED_CASES_TAG, str(len(failed)))  # promotion refuses above 0
         summary["version"] = number
         if promote:

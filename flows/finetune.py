@@ -16,6 +16,7 @@ from pathlib import Path
 from prefect import flow
 
 from flows.ingest import ingest_flow
+from mvg.cards import Training, record_training, recorded_training, run_wall_s, store_datasets
 from mvg.finetune import FinetuneSettings, few_shot_cases, finetune
 from mvg.loading import load_model_and_config
 from mvg.names import CHAMPION, FINETUNED, REGISTERED_MODEL, alias_uri, version_uri
@@ -89,6 +90,14 @@ def finetune_flow(
     registry = client(run.tracking_uri)
     for key, value in lineage.items():
         registry.set_model_version_tag(name, version.version, key, value)
+    inherited = recorded_training(run.tracking_uri, *uri_version) if uri_version else None
+    record_training(run.tracking_uri, name, version.version, Training(
+        inherited.preset if inherited else "unknown",
+        {"optim": {"steps": config.optim.steps, "lr": config.optim.lr, "warmup_steps": config.optim.warmup_steps}},
+        {d: v for d, v in store_datasets(store_versions([store])).items() if d in datasets},
+        result.step, result.step * config.optim.batch_size * config.optim.accumulate,
+        run_wall_s(run.tracking_uri, run.run_id), run.run_id, parent,
+    ))
     registry.set_terminated(run.run_id, status="FINISHED")
     print(f"registered {name} version {version.version} as @{alias}, fine-tuned from {parent}")
     return {

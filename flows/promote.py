@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from mvg.cards import refresh_cards
 from mvg.names import CANDIDATE, CHAMPION, alias_uri
 from mvg.promotion import PromotionRule, decide, primary_scores
 from mvg.tracking import EVAL_TAG, alias_version, baseline_metrics, client, evaluated_metrics, resolve_version, tracking_uri
@@ -46,8 +47,10 @@ def promote_flow(model_uri: str = alias_uri(CANDIDATE), rule: str = "every", tol
     decision = decide(candidate, baselines, champion_scores, rule_, failed_cases)
     mlflow.set_model_version_tag(name, number, "promotion", CHAMPION if decision.promote else "rejected")
     mlflow.set_model_version_tag(name, number, "promotion.reason", decision.reason)
+    previous = champion
     if decision.promote:
         mlflow.set_registered_model_alias(name, CHAMPION, number)
         champion = number
+    refresh_cards(uri, name, number, *([previous] if decision.promote and previous else []))
     print(f"{name} version {number}: {'promoted to @' + CHAMPION if decision.promote else 'not promoted'} ({decision.reason})")
     return {"version": number, "promoted": decision.promote, "reason": decision.reason, "champion": champion}

@@ -15,6 +15,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from mvg.cards import Training, record_training, run_wall_s, store_datasets
 from mvg.config import preset as preset_config
 from mvg.distributed import FitOutcome, Scaling, TrainJob, fit
 from mvg.episodes import EpisodeSampler
@@ -33,15 +34,18 @@ def fit_task(job: TrainJob) -> FitOutcome:
 
 
 @task(cache_policy=NO_CACHE)
-def register_task(run: TrackedRun, outcome: FitOutcome, name: str, alias: str) -> dict:
+def register_task(run: TrackedRun, outcome: FitOutcome, name: str, alias: str, card: Training | None = None) -> dict:
     """Log the checkpoint's model into the run and register it, unless this run already
-    registered the model of this very step (a re-run of a finished run)."""
+    registered the model of this very step (a re-run of a finished run); `card`: the training
+    facts of the version's model card (mvg.cards)."""
     existing = registered_version(run.tracking_uri, name, run.run_id, outcome.step)
     if existing is not None:
         client(run.tracking_uri).set_registered_model_alias(name, alias, existing)
         return model_summary(name, existing, reused=True)
     model, config, step = load_trained(outcome.checkpoint)
     version = log_mvg_model(model, config, run.run_id, registered_name=name, alias=alias, uri=run.tracking_uri, step=step)
+    if card is not None:
+        record_training(run.tracking_uri, name, version.version, card)
     return model_summary(name, version.version, reused=False)
 
 
@@ -125,7 +129,12 @@ def train_flow(
         mlflow.set_terminated(run.run_id, status="KILLED")
         print(f"stopped at step {outcome.step} of {config.optim.steps}; run again with run name {run_name} to go on")
         return summary
-    summary |= register_task(run, outcome, REGISTERED_MODEL, alias)
+    card = Training(
+        preset, overrides or {}, store_datasets(job.tags), outcome.step,
+        outcome.step * config.optim.batch_size * config.optim.accumulate * workers,
+        run_wall_s(run.tracking_uri, run.run_id), run.run_id,
+    )
+    summary |= register_task(run, outcome, REGISTERED_MODEL, alias, card)
     mlflow.set_terminated(run.run_id, status="FINISHED")
     markdown = summary_markdown(run, outcome, summary, alias)
     create_markdown_artifact(key="train-summary", markdown=markdown, description=f"training run {run_name}")

@@ -44,6 +44,9 @@ def test_evaluate_records_the_baselines_and_does_not_promote_a_candidate_that_lo
     assert float(tags["baseline.phantom-segmentation.miou"]) == pytest.approx(baseline, rel=1e-5)
     assert float(tags["baseline.phantom-synthesis.psnr"]) == pytest.approx(first["baselines"]["phantom-synthesis"], rel=1e-5)
     assert tags["promotion"] == "rejected" and tags["promotion.reason"] == first["reason"]
+    card = registry.get_model_version("mvg", "1").description  # the model card, rewritten by evaluation and promotion
+    assert f"| phantom-segmentation | mIoU | {model:.4g} | {baseline:.4g} (copy-prompt) |" in card
+    assert f"Not promoted: {first['reason']}." in card
     logged = registry.get_logged_model(logged_model_id(registry.tracking_uri, "mvg", "1"))
     assert {"phantom-segmentation.model.mIoU", "phantom-synthesis.identity.PSNR"} <= {m.key for m in logged.metrics}
 

@@ -52,6 +52,8 @@ def test_finetune_registers_a_new_version_with_its_lineage(registry, phantom_sto
     assert tags["lineage.parent_run_id"] == registry.get_model_version("mvg", "1").run_id
     assert json.loads(tags["finetune.cases"]) == summary["cases"] and len(summary["cases"]["phantom-segmentation"]) == 1
     assert str(registry.get_model_version_by_alias("mvg", "finetuned").version) == "3"
+    card = registry.get_model_version("mvg", "3").description
+    assert "Fine-tuned from `models:/mvg/1`" in card and "- Datasets (store version): `phantom-segmentation` (" in card
     assert registry.get_run(summary["run_id"]).data.metrics["loss"] > 0
 
     parent, child = load_model("models:/mvg/1"), load_model("models:/mvg/3")

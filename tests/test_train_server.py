@@ -47,6 +47,12 @@ def test_mvg_train_against_an_mlflow_server_registers_a_loadable_candidate(phant
     assert "registered mvg version 1: models:/mvg/1" in trained.stdout
     assert not (tmp_path / "home" / "mlflow.db").exists(), "tracking went to the server, not the local default"
     assert list(artifacts.rglob("model.safetensors")), "the model's weights were uploaded through the server"
+    from mlflow import MlflowClient
+
+    card = MlflowClient(uri, uri).get_model_version("mvg", "1").description  # the version's model card
+    assert "Preset: `tiny-cpu`; overrides: `model.depth=2`, `model.embed_dim=96`" in card and "`optim.steps=10`" in card
+    assert "`phantom-segmentation` (" in card and "10 steps, 40 episodes, wall time" in card
+    assert "Not evaluated yet" in card and "mvg predict --model models:/mvg/1" in card
 
     dataset = ZarrStore(phantom_store).dataset("phantom-segmentation")
     prompt, query = (dataset.read_volume(case) for case in dataset.cases()[:2])

@@ -10,10 +10,13 @@ import inspect
 import json
 import os
 import sys
+from importlib import metadata
 from pathlib import Path
 
 from flows.lifetime import children_stopped_if_killed
+from flows.machine_output import json_output
 from flows.predict import add_predict_parser
+from flows.prefect_home import keep_runs_under
 from mvg.names import CANDIDATE, CHAMPION, EVALUATION_EXPERIMENT, FINETUNED, REGISTERED_MODEL, alias_uri
 from storage.home import mvg_home, store_root
 
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.home:
         os.environ["MVG_HOME"] = str(args.home)
+    keep_runs_under(mvg_home())  # before anything imports Prefect, which reads its home at import
     try:
         check_tracking_server(args)  # before any server starts: MLflow's own retries take minutes
         with children_stopped_if_killed():
@@ -58,19 +62,40 @@ def check_tracking_server(args) -> None:
         raise ValueError(str(error)) from None  # reported like any other bad setting
 
 
+HOME_HELP = "data root: store, MLflow, Ray checkpoints, Prefect runs, reports (default: $MVG_HOME, else ./mvg-home)"
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("mvg-pipeline")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: it also takes `--home`, so `mvg train --home X` works as
+    `mvg --home X train` does. Left out there, it leaves the value given before the command alone
+    (argparse would otherwise overwrite it with the subcommand's default)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--home", type=Path, default=argparse.SUPPRESS, help=HOME_HELP)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mvg", description="Medical Vision Generalist pipeline")
-    parser.add_argument("--home", type=Path, help="data root (default: $MVG_HOME or ./mvg-home)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--home", type=Path, help=HOME_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
 
     datasets = commands.add_parser("datasets", help="list built-in dataset specs")
     datasets.add_argument("--json", action="store_true", help="print the specs as JSON")
     datasets.set_defaults(run=run_datasets)
 
     phantoms = commands.add_parser("phantoms", help="write a synthetic dataset in nnU-Net v2 layout")
-    phantoms.add_argument("--task", required=True, choices=_phantom_tasks())
-    phantoms.add_argument("--cases", type=int)
-    phantoms.add_argument("--seed", type=int)
+    phantoms.add_argument("--task", required=True, choices=_phantom_tasks(), help="the task the phantoms pose")
+    phantoms.add_argument("--cases", type=int, help="cases to write")
+    phantoms.add_argument("--seed", type=int, help="seed of the random shapes (the same seed writes the same cases)")
     phantoms.add_argument("--size", type=int, help="in-plane size in pixels")
     phantoms.add_argument("--slices", type=int, help="slices per volume (3-D tasks)")
     phantoms.add_argument("--out", type=Path, required=True, help="dataset folder to write (DIR/dataset.json)")
@@ -101,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     store = commands.add_parser("store", help="summarise the datasets in the Zarr store")
     store.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
-    store.add_argument("--json", action="store_true")
+    store.add_argument("--json", action="store_true", help="print the summary as JSON")
     store.add_argument("--preview", type=Path, metavar="DIR", help="also write a PNG montage per dataset to DIR")
     store.add_argument("--verify", action="store_true",
                        help="instead, read every shard and check its index, slice checksums and shape; list the broken ones (exit 1 if any)")
@@ -113,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     train.add_argument("--ray-storage", help="Ray Train's checkpoints, a shared folder or s3://bucket/prefix (default: $MVG_RAY_STORAGE, else $MVG_HOME/ray)")
     train.add_argument("--workers", type=int, help="Ray Train workers (one DDP rank each)")
-    train.add_argument("--gpus-per-worker", type=float)
+    train.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, a fraction shares one (default: none)")
     train.add_argument("--cpus-per-worker", type=int, help="default: this machine's cores / workers")
     train.add_argument("--max-steps", type=int, help="optimizer steps of the run (the schedule's length)")
     train.add_argument("--stop-at", type=int, help="stop early at this step; the same --run-name goes on later")
@@ -121,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="config override, e.g. --set optim.lr=3e-4 --set model.depth=6 (repeatable)")
     train.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (the most a failure loses)")
-    train.add_argument("--log-every", type=int, help="steps between MLflow metric rows")
+    train.add_argument("--log-every", type=int, help="steps between MLflow metric rows and progress lines on stderr")
     train.add_argument("--sample-every", type=int, help="steps between sample-prediction images; 0: none")
+    add_json_argument(train, "the run, its steps, final metrics, loss curves and registered model")
     train.set_defaults(run=run_train)
 
     evaluate = commands.add_parser("evaluate", help="score a model against the baselines on the store's test cases (paper Tables 2 and 3)")
@@ -135,11 +161,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-cases", type=int, help="test cases per dataset (default: all)")
     evaluate.add_argument("--no-promote", dest="promote", action="store_false", default=None, help="do not move the champion alias")
     add_rule_arguments(evaluate)
+    add_json_argument(evaluate, "tables, scores, baselines, failed cases, reports folder and the promotion decision")
     evaluate.set_defaults(run=run_evaluate)
 
     promote = commands.add_parser("promote", help=f"move @{CHAMPION} to an evaluated version if it beats its baselines and is as good as the champion")
     promote.add_argument("--model", help=f"registry URI of an evaluated version (default: {alias_uri(CANDIDATE)})")
     add_rule_arguments(promote)
+    add_json_argument(promote, "the version, whether it was promoted, why, and the champion")
     promote.set_defaults(run=run_promote)
 
     finetune = commands.add_parser("finetune", help="adapt a registered model to a new dataset from a few cases; register a new version")
@@ -147,10 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--model", help=f"the model to start from: registry URI, folder or checkpoint (default: {alias_uri(CHAMPION)})")
     finetune.add_argument("--store", help="store root, a folder or s3://bucket/prefix (default: $MVG_STORE, else $MVG_HOME/store)")
     finetune.add_argument("--cases", type=int, help="training cases per dataset (paper: one)")
-    finetune.add_argument("--steps", type=int)
-    finetune.add_argument("--lr", type=float)
-    finetune.add_argument("--warmup-steps", type=int)
-    finetune.add_argument("--seed", type=int)
+    finetune.add_argument("--steps", type=int, help="optimizer steps of the fine-tuning")
+    finetune.add_argument("--lr", type=float, help="peak learning rate (small: adapt, do not forget)")
+    finetune.add_argument("--warmup-steps", type=int, help="steps of linear warm-up before the cosine decay")
+    finetune.add_argument("--seed", type=int, help="seed of the episode draws")
     finetune.add_argument("--spec", help="built-in spec to ingest a SOURCE folder with")
     finetune.add_argument("--size", type=int, help="store in-plane size for an ingested SOURCE (default: the paper's)")
     finetune.add_argument("--run-name", help="MLflow run name (default: finetune-<datasets>-<time>)")
@@ -172,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("--seeds", type=int, metavar="K", help="trainings per variant: mean ± std over seeds (default: 1)")
     ablate.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override for every variant (repeatable)")
     ablate.add_argument("--workers", type=int, help="Ray Train workers per trial (default: 1)")
-    ablate.add_argument("--gpus-per-worker", type=float)
+    ablate.add_argument("--gpus-per-worker", type=float, help="GPUs per worker, a fraction shares one (default: none)")
     ablate.add_argument("--cpus-per-worker", type=int, help="default: this machine's cores / workers")
     ablate.add_argument("--concurrent", type=int, help="trials at once (default: as many as the cluster has room for)")
     ablate.add_argument("--retries", type=int, help="Tune's retries of a failed trial (default: 1)")
@@ -188,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--cases", type=int, help="phantom cases per task (default: 8)")
     demo.add_argument("--size", type=int, help="phantom and store in-plane size (default: 64, tiny-cpu's)")
     demo.add_argument("--workers", type=int, help="Dask workers for ingest")
-    demo.add_argument("--steps", type=int, help="training steps (default: the tiny-cpu preset's)")
+    length = demo.add_mutually_exclusive_group()
+    length.add_argument("--minutes", type=float, metavar="M",
+                        help="training budget in wall-clock minutes, calibration included: the steps that fit it here (default: 4)")
+    length.add_argument("--steps", type=int, help="train exactly this many steps instead of a time budget")
     demo.add_argument("--fresh", action="store_true", default=None, help="start over: delete the demo's earlier results first")
     demo.set_defaults(run=run_demo)
     return parser
@@ -314,14 +345,18 @@ def run_train(args) -> int:
         preset(chosen_preset).with_overrides(**overrides)  # refuse a bad override before any server starts
     except (TypeError, AttributeError) as error:  # a section or field the config does not have
         raise ValueError(f"--set: {error}") from None
-    summary = train_flow(
-        preset=chosen_preset, overrides=overrides, workers=workers, cpus_per_worker=cpus,
-        **given(store=args.store, gpus_per_worker=args.gpus_per_worker, run_name=args.run_name, stop_at=args.stop_at,
-                checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
-                storage=args.ray_storage),
-    )
-    if "model_uri" in summary:
-        print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
+    with json_output(args.json) as result:
+        summary = train_flow(
+            preset=chosen_preset, overrides=overrides, workers=workers, cpus_per_worker=cpus,
+            **given(store=args.store, gpus_per_worker=args.gpus_per_worker, run_name=args.run_name, stop_at=args.stop_at,
+                    checkpoint_every=args.checkpoint_every, log_every=args.log_every, sample_every=args.sample_every,
+                    storage=args.ray_storage),
+        )
+        if summary.get("loss_curves"):
+            print(f"loss curves: {summary['loss_curves']}")
+        if "model_uri" in summary:
+            print(f"registered {summary['model_name']} version {summary['model_version']}: {summary['model_uri']}")
+        result(summary)
     return 0
 
 
@@ -345,6 +380,11 @@ def run_ablate(args) -> int:
     return 1 if summary["failed"] else 0
 
 
+def add_json_argument(parser: argparse.ArgumentParser, holding: str) -> None:
+    parser.add_argument("--json", action="store_true", default=None,
+                        help=f"print one JSON object as the last line of stdout ({holding}); everything else goes to stderr")
+
+
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     from mvg.promotion import RULES
 
@@ -357,11 +397,13 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args) -> int:
     from flows.evaluate import evaluate_flow
 
-    summary = evaluate_flow(**given(
-        model_uri=args.model, store=args.store, datasets=args.datasets, draws=args.draws, shots=args.shots,
-        seed=args.seed, max_cases=args.max_cases, promote=args.promote, rule=args.rule, tolerance=args.tolerance,
-    ))
-    print_results(summary)
+    with json_output(args.json) as result:
+        summary = evaluate_flow(progress=True, **given(
+            model_uri=args.model, store=args.store, datasets=args.datasets, draws=args.draws, shots=args.shots,
+            seed=args.seed, max_cases=args.max_cases, promote=args.promote, rule=args.rule, tolerance=args.tolerance,
+        ))
+        print_results(summary)
+        result(summary)
     return 1 if summary["failed"] else 0
 
 
@@ -380,6 +422,8 @@ def print_results(summary: dict) -> None:
         for row in failed:
             print(f"  {row['reason']}")
     print(f"\nevaluation run: {summary['run_id']} (experiment {EVALUATION_EXPERIMENT})")
+    for montage in summary.get("montages", []):
+        print(f"montage: {montage}")
     if "promoted" in summary:
         verdict = f"promoted to @{CHAMPION}" if summary["promoted"] else "not promoted"
         print(f"version {summary['version']}: {verdict} ({summary['reason']})")
@@ -388,8 +432,10 @@ def print_results(summary: dict) -> None:
 def run_promote(args) -> int:
     from flows.promote import promote_flow
 
-    decision = promote_flow(**given(model_uri=args.model, rule=args.rule, tolerance=args.tolerance))
-    print(f"version {decision['version']}: {'promoted to @' + CHAMPION if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+    with json_output(args.json) as result:
+        decision = promote_flow(**given(model_uri=args.model, rule=args.rule, tolerance=args.tolerance))
+        print(f"version {decision['version']}: {'promoted to @' + CHAMPION if decision['promoted'] else 'not promoted'} ({decision['reason']})")
+        result(decision)
     return 0
 
 
@@ -404,6 +450,8 @@ def run_finetune(args) -> int:
     )
     chosen = "; ".join(f"{dataset}: {', '.join(cases)}" for dataset, cases in summary["cases"].items())
     print(f"fine-tuned {summary['parent']} on {chosen}")
+    if summary.get("loss_curves"):
+        print(f"loss curves: {summary['loss_curves']}")
     print(f"registered {summary['model_uri']} (alias @{summary['alias']}); evaluate it: mvg evaluate --model {summary['model_uri']} --datasets {' '.join(summary['cases'])}")
     return 0
 
@@ -447,24 +495,23 @@ def run_verify(root: str, datasets: list[str] | None) -> int:
 def run_demo(args) -> int:
     """The pipeline flow on phantoms of every task, then where everything is and how to look at it."""
     home = mvg_home()
-    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
-        # the runs go into a database beside the demo's other results, where `prefect server start` finds them
-        prefect_home = (home / "prefect").resolve()
-        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
-        os.environ["PREFECT_HOME"] = str(prefect_home)
     from flows.pipeline import pipeline_flow
+    from mvg.mlflow_ui import LOCAL_UI, served, ui_command
     from storage.preview import write_previews
 
-    summary = pipeline_flow(**given(cases=args.cases, size=args.size, steps=args.steps, ingest_workers=args.workers, fresh=args.fresh))
+    summary = pipeline_flow(progress=True, **given(
+        cases=args.cases, size=args.size, steps=args.steps, minutes=args.minutes, ingest_workers=args.workers, fresh=args.fresh,
+    ))
     previews = write_previews(summary["store"], home / "previews")
-    print_results({"tables": summary["tables"], "run_id": summary["evaluation_run_id"], **summary["promotion"]})
+    print_results({"tables": summary["tables"], "run_id": summary["evaluation_run_id"], "montages": summary["montages"], **summary["promotion"]})
     uri = summary["tracking_uri"]
     print(f"\nstore:            {summary['store']}  (previews: {previews[0].parent if previews else '-'})")
     print(f"open a case:      napari --plugin napari-ome-zarr {summary['store']}/<dataset>.zarr/<case>/image")
+    print(f"loss curves:      {summary['loss_curves'] or '-'}")
     print(f"MLflow tracking:  {uri}")
     print(f"registered model: {summary['training']['model_uri']} ({alias_uri(CANDIDATE)})")
-    if uri.startswith("sqlite:"):
-        print(f"MLflow UI:        mlflow ui --backend-store-uri {uri} --port 5000  # then open http://127.0.0.1:5000")
+    if not served(uri):
+        print(f"MLflow UI:        {ui_command(uri)}  # then open {LOCAL_UI}")
     if "PREFECT_API_URL" not in os.environ:
         print(f"Prefect UI:       PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start  # then open http://127.0.0.1:4200")
     failed = sum(counts["failed"] for counts in summary["ingested"].values())

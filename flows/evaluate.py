@@ -4,9 +4,10 @@ Tables 2 and 3; then the `champion` alias moves to it if it beats its baselines 
 good as the champion (mvg.promotion).
 
 Every dataset is a task; the tables (markdown and CSV), the per-case rows and one montage per dataset
-are artifacts of an MLflow evaluation run, the model's primary scores and its baselines' on the same
-cases are tags of its registry version (`eval.<dataset>.<metric>`, `baseline.<dataset>.<metric>`:
-what promotion reads), and the tables are Prefect table artifacts.
+are artifacts of an MLflow evaluation run and files in `$MVG_HOME/reports/evaluate-<model>-<run id>/`,
+the model's primary scores and its baselines' on the same cases are tags of its registry version
+(`eval.<dataset>.<metric>`, `baseline.<dataset>.<metric>`: what promotion reads), and the tables
+are Prefect table artifacts.
 
 A test case whose store shards are damaged is reported as failed (`failed` in the summary,
 `failed.csv` in the run, each reason naming dataset, case, role and slice) and the other cases are
@@ -17,13 +18,13 @@ version tag too (`eval.failed_cases`), and a version evaluated with failed cases
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from tqdm.auto import tqdm
 
 from flows.promote import FAILED_CASES_TAG, promote_flow
 from mvg.cards import refresh_cards
@@ -31,6 +32,7 @@ from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, NoCaseSco
 from mvg.loading import load_model, local_model
 from mvg.names import CANDIDATE, EVALUATION_EXPERIMENT, alias_uri, version_uri
 from mvg.promotion import PRIMARY_METRIC, PromotionRule
+from mvg.reports import reports_folder
 from mvg.tracking import (
     client,
     ensure_experiment,
@@ -47,9 +49,16 @@ PAPER_NAMES = {"miou": "mIoU", "psnr": "PSNR"}  # promotion metric -> the evalua
 
 
 @task(cache_policy=NO_CACHE)
-def evaluate_dataset_task(model_folder: str, store: str, dataset: str, draws: int, shots: int, seed: int, max_cases: int | None) -> DatasetEvaluation:
+def evaluate_dataset_task(
+    model_folder: str, store: str, dataset: str, draws: int, shots: int, seed: int, max_cases: int | None, bar: int | None = None,
+) -> DatasetEvaluation:
+    """`bar`: show a progress bar of the dataset's test cases on that line of the terminal (the
+    datasets run at once, each on its own line); None: none."""
     model = load_model(model_folder)
-    return evaluate_dataset(model, ZarrStore(store).dataset(dataset), draws=draws, shots=shots, seed=seed, max_cases=max_cases)
+    stored = ZarrStore(store).dataset(dataset)
+    cases = len(stored.cases("test")[:max_cases])
+    with tqdm(total=cases, unit="case", desc=f"evaluate {dataset}", position=bar or 0, disable=bar is None) as progress:
+        return evaluate_dataset(model, stored, draws=draws, shots=shots, seed=seed, max_cases=max_cases, on_case=lambda _: progress.update())
 
 
 def gather(futures: list) -> tuple[list[DatasetEvaluation], list[dict]]:
@@ -94,7 +103,10 @@ def evaluate_flow(
     promote: bool = True,
     rule: str = "every",
     tolerance: float = 0.0,
+    progress: bool = False,
 ) -> dict:
+    """Score `model_uri` on the test cases of `datasets` (default: every stored dataset with test
+    cases) beside the baselines (module docstring); `progress`: a bar per dataset on stderr."""
     store = chosen_store(store)
     PromotionRule(rule, tolerance)  # a bad rule fails before any model is loaded
     available = ZarrStore(store).datasets()
@@ -106,7 +118,10 @@ def evaluate_flow(
     version = resolve_version(uri, model_uri)
     with local_model(model_uri) as folder:  # one download, however many datasets; a bad URI fails here
         load_model(folder)
-        futures = [evaluate_dataset_task.submit(str(folder), store, name, draws, shots, seed, max_cases) for name in chosen]
+        futures = [
+            evaluate_dataset_task.submit(str(folder), store, name, draws, shots, seed, max_cases, index if progress else None)
+            for index, name in enumerate(chosen)
+        ]
         evaluations, failed = gather(futures)
     layout = tables(evaluations)
     for row in failed:
@@ -127,25 +142,25 @@ def evaluate_flow(
                 key = f"{row['dataset']}.{row['method']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", "")
                 mlflow.log_metric(run_id, key, row["mean"], model_id=model_id)
     mlflow.log_metric(run_id, "failed_cases", len(failed))
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        for name, rows in layout.items():
-            if rows:
-                to_csv(rows, folder / f"{name}.csv")
-                (folder / f"{name}.md").write_text(to_markdown(rows) + "\n")
-        to_csv([row for e in evaluations for row in e.rows], folder / "cases.csv")
-        if failed:
-            to_csv(failed, folder / "failed.csv")
-        for evaluation in evaluations:
-            Image.fromarray(evaluation.montage).save(folder / f"montage-{evaluation.dataset}.png")
-        mlflow.log_artifacts(run_id, str(folder))
+    # the tables, cases and montages stay on disk too, where a person finds them without mlflow ui
+    folder = reports_folder(f"evaluate-{label}-{run_id[:8]}")
     for name, rows in layout.items():
         if rows:
+            to_csv(rows, folder / f"{name}.csv")
+            (folder / f"{name}.md").write_text(to_markdown(rows) + "\n")
+    to_csv([row for e in evaluations for row in e.rows], folder / "cases.csv")
+    if failed:
+        to_csv(failed, folder / "failed.csv")
+    for evaluation in evaluations:
+        Image.fromarray(evaluation.montage).save(folder / f"montage-{evaluation.dataset}.png")
+    mlflow.log_artifacts(run_id, str(folder))
+    for name, rows in layout.items():
+        if rows:  # a table artifact in Prefect; the command prints the tables itself, once
             create_table_artifact(key=f"evaluate-{name}", table=rows, description=f"{name} of {model_uri}")
-            print(f"\n{name}:\n{to_markdown(rows)}")
 
     summary = {
-        "model_uri": model_uri, "run_id": run_id, "tables": layout, "failed": failed,
+        "model_uri": model_uri, "run_id": run_id, "tables": layout, "failed": failed, "reports": str(folder),
+        "montages": [str(folder / f"montage-{e.dataset}.png") for e in evaluations],
         "scores": primary_scores(evaluations), "baselines": primary_scores(evaluations, baseline=True),
     }
     mlflow.set_terminated(run_id, "FINISHED")

@@ -19,8 +19,11 @@ from flows.ingest import ingest_flow
 from mvg.cards import Training, record_training, recorded_training, run_wall_s, store_datasets
 from mvg.finetune import FinetuneSettings, few_shot_cases, finetune
 from mvg.loading import load_model_and_config
+from mvg.mlflow_ui import run_page
 from mvg.names import CHAMPION, FINETUNED, REGISTERED_MODEL, alias_uri, version_uri
+from mvg.progress import TrainingProgress
 from mvg.pyfunc import log_mvg_model
+from mvg.reports import write_loss_curves
 from mvg.tracking import RunLogger, client, git_commit, open_run, resolve_version, store_versions, tracking_uri
 from storage.home import chosen_store
 from storage.ingest import DEFAULT_SIZE
@@ -79,10 +82,15 @@ def finetune_flow(
     if uri_version:
         lineage["lineage.parent_run_id"] = client(run.tracking_uri).get_model_version(*uri_version).run_id or ""
     logger.log_setup({}, {"git_commit": git_commit(), **store_versions([store]), **lineage})
-    print(f"fine-tuning {parent} on {json.dumps(chosen)} for {steps} steps: {run.link}")
+    print(f"fine-tuning {parent} on {json.dumps(chosen)} for {steps} steps: {run_page(run.tracking_uri, run.run_id)}")
+    progress = TrainingProgress(config.optim.steps, config.optim.batch_size * config.optim.accumulate, label="finetune")
+
+    def on_log(row: dict) -> None:
+        progress(row)
+        logger.log_metrics(row, row["step"])
 
     try:
-        result = finetune(model, trained_config, store, chosen, settings, on_log=lambda row: logger.log_metrics(row, row["step"]))
+        result = finetune(model, trained_config, store, chosen, settings, on_log=on_log)
     except BaseException:
         client(run.tracking_uri).set_terminated(run.run_id, status="FAILED")
         raise
@@ -100,7 +108,9 @@ def finetune_flow(
     ))
     registry.set_terminated(run.run_id, status="FINISHED")
     print(f"registered {name} version {version.version} as @{alias}, fine-tuned from {parent}")
+    curves = write_loss_curves(run.tracking_uri, run.run_id, run.name)
     return {
+        "loss_curves": str(curves) if curves else None,
         "run_id": run.run_id,
         "model_uri": version.model_uri,
         "version": version.version,

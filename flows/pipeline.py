@@ -16,7 +16,8 @@ import shutil
 import time
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_markdown_artifact
 from tqdm.auto import tqdm
 
@@ -24,6 +25,9 @@ from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.promote import promote_flow
 from flows.train import train_flow
+from mvg.budget import Budget, budget
+from mvg.config import preset as preset_config
+from mvg.distributed import Scaling
 from mvg.evaluation import to_markdown
 from mvg.names import CHAMPION
 from mvg.tracking import tracking_uri
@@ -32,6 +36,9 @@ from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
 
 # the demo's phantoms: stored at tiny-cpu's own size, so nothing is resized between store and model
 DEMO_CASES, DEMO_SIZE, DEMO_SLICES = 8, 64, 32
+# the demo's training, in wall-clock minutes (the calibration included): tiny-cpu's 800 steps took
+# about 4 on 2 cores, and whatever the machine, the demo's training now ends in its budget
+DEMO_MINUTES = 4.0
 
 # what `fresh` deletes under MVG_HOME: the data, never the tracking history
 REWRITTEN_WHEN_FRESH = ("phantoms", "store", "previews")  # under MVG_HOME: the demo's own
@@ -61,6 +68,18 @@ def phantoms_flow(
     return folders
 
 
+@task(cache_policy=NO_CACHE)
+def budget_task(preset: str, store: str, scaling: Scaling, minutes: float, run_name: str) -> Budget:
+    """The demo's steps: those that fit `minutes` here, or those run `run_name` was started with."""
+    planned = budget(preset_config(preset), [store], scaling, minutes, tracking_uri(), run_name)
+    if planned.steps_per_s is None:
+        print(f"run {run_name} was started with {planned.steps} steps: it keeps them")
+    else:
+        print(f"calibrated at {planned.steps_per_s:.2f} steps/s in {planned.calibration_s:.0f} s: "
+              f"{planned.steps} steps fit the {minutes:g} minute training budget")
+    return planned
+
+
 def start_over(home: Path, run_name: str) -> str:
     """Delete the demo's phantoms, store and previews under `home`; return the name of a new
     training run. A store elsewhere (`MVG_STORE`, `store=`) may be shared: it is kept, and the
@@ -84,10 +103,13 @@ def pipeline_flow(
     tolerance: float = 0.0,
     fresh: bool = False,
     store: str | None = None,
+    minutes: float = DEMO_MINUTES,
+    progress: bool = False,
 ) -> dict:
     """Phantoms of every task -> the Zarr store -> `preset` trained on Ray (run `run_name`) ->
     registered `mvg@candidate` -> evaluated beside the baselines -> `@champion` if it beats them and is
-    as good as the champion."""
+    as good as the champion. The training runs `steps`, else the steps that fit `minutes` on this
+    machine (mvg.budget); `progress`: progress bars of ingest and evaluation on stderr."""
     home = mvg_home()
     if fresh:
         run_name = start_over(home, run_name)
@@ -97,21 +119,23 @@ def pipeline_flow(
     ingested = {}
     for source in sources:
         # a failed case fails that ingest run, not the pipeline: the good cases are in the store
-        state = ingest_flow(source, store=store, workers=ingest_workers, size=size, return_state=True)
+        state = ingest_flow(source, store=store, workers=ingest_workers, size=size, progress=progress, return_state=True)
         result = state.result(raise_on_failure=False)
         if not isinstance(result, dict):
             raise RuntimeError(f"ingest of {source} crashed: {result}")
         ingested[result["dataset"]] = {key: result[key] for key in ("ingested", "skipped", "failed")}
 
+    scaling = Scaling(workers=1, cpus_per_worker=os.cpu_count() or 1)
+    overrides = {"optim": {"steps": steps}} if steps else budget_task(preset, store, scaling, minutes, run_name).overrides()
     training = train_flow(
         preset=preset,
-        overrides={"optim": {"steps": steps}} if steps else None,
+        overrides=overrides,
         store=store,
-        workers=1,
-        cpus_per_worker=os.cpu_count() or 1,
+        workers=scaling.workers,
+        cpus_per_worker=scaling.cpus_per_worker,
         run_name=run_name,
     )
-    evaluation = evaluate_flow(model_uri=training["model_uri"], store=store, draws=draws, promote=False)
+    evaluation = evaluate_flow(model_uri=training["model_uri"], store=store, draws=draws, promote=False, progress=progress)
     promotion = promote_flow(training["model_uri"], rule=rule, tolerance=tolerance)
 
     summary = {
@@ -120,7 +144,9 @@ def pipeline_flow(
         "tracking_uri": tracking_uri(),
         "ingested": ingested,
         "training": {key: training[key] for key in ("run_name", "run_id", "step", "model_uri", "model_reused")},
+        "loss_curves": training.get("loss_curves"),
         "evaluation_run_id": evaluation["run_id"],
+        "montages": evaluation.get("montages", []),
         "tables": evaluation["tables"],
         "promotion": promotion,
     }

@@ -86,7 +86,11 @@ def _predict(args: argparse.Namespace):
     device = resolve_device(args.device)
     prepared = prepare_prediction(list(zip(images, targets)), args.input, args.output, args.task, args.normalisation)
     model = load_model(args.model, device)
-    return paint_prediction(model, prepared, args.batch_size, device)
+    from tqdm.auto import tqdm
+
+    # stderr: stdout holds only the lines that say what was written
+    with tqdm(total=len(prepared.query), unit="slice", desc=f"predict {args.input.name}") as bar:
+        return paint_prediction(model, prepared, args.batch_size, device, on_batch=bar.update)
 
 
 def describe(prediction) -> list[str]:

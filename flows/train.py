@@ -19,8 +19,10 @@ from mvg.cards import Training, record_training, run_wall_s, store_datasets
 from mvg.config import preset as preset_config
 from mvg.distributed import FitOutcome, Scaling, TrainJob, fit
 from mvg.episodes import EpisodeSampler
+from mvg.mlflow_ui import run_page
 from mvg.names import CANDIDATE, REGISTERED_MODEL, alias_uri, version_uri
 from mvg.pyfunc import log_mvg_model
+from mvg.reports import write_loss_curves
 from mvg.tracking import TrackedRun, client, git_commit, open_run, registered_version, store_versions
 from mvg.train import load_trained
 from storage.home import chosen_store, ray_storage
@@ -57,12 +59,18 @@ def summary_markdown(run: TrackedRun, outcome: FitOutcome, summary: dict, alias:
     losses = "\n".join(f"| {key} | {value:.4f} |" for key, value in sorted(outcome.metrics.items()) if key.startswith("loss"))
     return (
         f"# Training run `{run.name}`\n\n"
-        f"MLflow run: [{run.run_id}]({run.link}) (tracking `{run.tracking_uri}`)\n\n"
+        f"MLflow run `{run.run_id}` (tracking `{run.tracking_uri}`): {run_page(run.tracking_uri, run.run_id)}\n\n"
         f"Trained to step **{outcome.step}**; checkpoint `{outcome.checkpoint}`.\n\n"
         f"Registered model **{summary['model_name']}** version **{summary['model_version']}** as `@{alias}`"
         f"{' (already registered by this run)' if summary['model_reused'] else ''}: `{alias_uri(alias, summary['model_name'])}`\n\n"
         f"| final loss | value |\n| --- | --- |\n{losses}\n"
     )
+
+
+def loss_curves(run: TrackedRun, run_name: str) -> dict:
+    """The run's loss curves written to the reports folder (and the run): their path, for the summary."""
+    curves = write_loss_curves(run.tracking_uri, run.run_id, run_name)
+    return {} if curves is None else {"loss_curves": str(curves)}
 
 
 @flow(name="train", log_prints=True)
@@ -95,13 +103,14 @@ def train_flow(
     run_name = run_name or f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = open_run(run_name, params=config.to_dict())
     mlflow = client(run.tracking_uri)
-    print(f"MLflow run {run.name} ({'resumed' if run.resumed else 'new'}): {run.link}")
+    print(f"MLflow run {run.name} ({'resumed' if run.resumed else 'new'}): {run_page(run.tracking_uri, run.run_id)}")
     summary = {"run_name": run_name, "run_id": run.run_id}
     done = registered_version(run.tracking_uri, REGISTERED_MODEL, run.run_id, config.optim.steps) if run.resumed else None
     if done is not None:  # this run already trained and registered its model: nothing to do
         mlflow.set_terminated(run.run_id, status="FINISHED")
         print(f"run {run_name} already finished: {REGISTERED_MODEL} version {done}")
         metrics = mlflow.get_run(run.run_id).data.metrics
+        summary |= loss_curves(run, run_name)
         return summary | {"step": config.optim.steps, "metrics": metrics} | model_summary(REGISTERED_MODEL, done, reused=True)
     job = TrainJob(
         config,
@@ -125,6 +134,7 @@ def train_flow(
         mlflow.set_terminated(run.run_id, status="FAILED")
         raise
     summary |= {"step": outcome.step, "metrics": outcome.metrics, "checkpoint": str(outcome.checkpoint)}
+    summary |= loss_curves(run, run_name)
     if outcome.step < config.optim.steps:  # stopped early on purpose: the run goes on later
         mlflow.set_terminated(run.run_id, status="KILLED")
         print(f"stopped at step {outcome.step} of {config.optim.steps}; run again with run name {run_name} to go on")

@@ -8,7 +8,8 @@ streams), Ray keeps the newest `keep_checkpoints`. A failed worker group is rest
 are lost; launching again with the same run name and storage path resumes the same way.
 
 Only rank 0 talks to MLflow, into the run the flow opened: parameters and tags once, metrics every
-`log_every` steps, a montage of sample predictions every `sample_every` steps.
+`log_every` steps, a montage of sample predictions every `sample_every` steps. It also writes a
+progress line to stderr every `log_every` steps (mvg.progress), which Ray forwards to the driver.
 
 Ray starts locally unless `RAY_ADDRESS` names a cluster (then the store and the Ray storage path
 must be on a file system every node sees).
@@ -36,6 +37,7 @@ from mvg.config import TASKS, MVGConfig
 from mvg.episodes import Episode, EpisodeSampler, collate
 from mvg.model import MVG
 from mvg.montage import prediction_montage
+from mvg.progress import TrainingProgress
 from mvg.step import HybridObjective
 from mvg.tracking import RunLogger
 from mvg.train import Meter, TrainingState, due, load_checkpoint, save_checkpoint
@@ -188,11 +190,15 @@ def train_loop_per_worker(loop: dict) -> None:
     logger = _rank_zero_logger(loop, rank, config, world_size)
     samples = _sample_episodes(loop["stores"], config, loop["seed"]) if logger and loop["sample_every"] else []
     steps, meter, on_step = loop["steps"], Meter(), loop.get("on_step")
+    episodes_per_step = config.optim.batch_size * config.optim.accumulate * world_size
+    progress = TrainingProgress(steps, episodes_per_step, label=loop["run_name"]) if rank == 0 else None
     while state.step < steps:
         meter.add(state.optimizer_step(trainable))
         if on_step is not None:
             on_step(state.step, rank)
         row = meter.report(state, world_size) if due(state.step, loop["log_every"], steps) else None
+        if progress and row:
+            progress(row)
         if logger and row:
             logger.log_metrics(row, state.step)
         if logger and samples and due(state.step, loop["sample_every"], steps):

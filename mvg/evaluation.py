@@ -139,10 +139,12 @@ def evaluate_dataset(
     max_cases: int | None = None,
     decode: str = "prompt",
     per_class: bool | None = None,
+    on_case: Callable[[str], None] | None = None,
 ) -> DatasetEvaluation:
     """Paint every test case of `dataset` (the first `max_cases`) from `shots` training cases per
     draw, with the model and the task's baseline, and score both (module docstring). `per_class`:
-    one binary pass per class (`paint_volume`; default: as the model was trained)."""
+    one binary pass per class (`paint_volume`; default: as the model was trained). `on_case(case)`
+    runs after each test case, scored or failed (progress bars)."""
     spec = dataset.spec
     task = spec.task
     if task not in BASELINE_BY_TASK:
@@ -171,7 +173,9 @@ def evaluate_dataset(
             case_rows, case_montage = _evaluate_case(paint, dataset, case, index, training, classes, draws, shots, seed)
         except CorruptShard as error:  # a damaged case is reported; the others are still scored
             failed.append({"dataset": dataset.name, "task": task, "case": case, "reason": str(error)})
-            continue
+            case_rows, case_montage = [], None
+        if on_case is not None:
+            on_case(case)
         rows += case_rows
         montage = case_montage if montage is None else montage
     if not rows:

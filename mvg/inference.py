@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +119,7 @@ def paint(
     task: str = "segmentation",
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Paint the target of every query from k prompt pairs: `paint_volume` with each pair a volume
     of one slice that serves every query.
@@ -140,7 +141,7 @@ def paint(
         return np.empty(queries.shape, dtype=np.int64 if segmentation else np.float32)
     return paint_volume(
         model, list(images[:, None]), list(targets[:, None]), np.asarray(queries, dtype=np.float32), task,
-        batch_size, device, colouring=colouring,
+        batch_size, device, colouring=colouring, on_batch=on_batch,
     )
 
 
@@ -157,6 +158,7 @@ def paint_volume(
     decode: str = "prompt",
     cache: bool = True,
     per_class: bool | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Paint the target of every slice of `query` (Zq, Hq, Wq) from k prompt volumes.
 
@@ -169,7 +171,8 @@ def paint_volume(
     encoding each distinct prompt once (`MVG.predict`): the same prediction, slower; the baseline
     that benchmarks/evaluate.py measures the prompt cache against. `per_class` (default: whether the
     model was trained with binary colouring) paints one binary pass per class and gives each voxel
-    the class painted brightest, where that clears 0.5 (the paper's binary colourisation)."""
+    the class painted brightest, where that clears 0.5 (the paper's binary colourisation).
+    `on_batch(slices)` runs after each batch with the number of slices it painted (progress bars)."""
     _check_volumes(model, prompt_images, prompt_targets, query, task, batch_size, decode)
     if device is not None:
         model.to(device)
@@ -222,6 +225,8 @@ def paint_volume(
                 prediction = painted_passes[0][0][:, None]
                 prediction = resize_images(prediction.float(), (height, width)).clamp(0, 1)[:, 0]
             painted[rows.start : rows.stop] = prediction.cpu().numpy()
+            if on_batch is not None:
+                on_batch(len(rows))
     return painted
 
 

@@ -28,6 +28,7 @@ Our decisions where the paper is silent:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -238,13 +239,15 @@ def paint_prediction(
     prepared: PreparedPrediction,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> Prediction:
-    """Paint every slice of the prepared input and write it in the input's geometry."""
+    """Paint every slice of the prepared input and write it in the input's geometry; `on_batch`:
+    see `mvg.inference.paint_volume`."""
     most = model.config.max_pairs - 1  # one pair index belongs to the query
     if len(prepared.prompts) > most:
         raise ValueError(f"{len(prepared.prompts)} prompt pairs given; this model takes 1 to {most}")
     prompt_images, prompt_targets = _stack_prompts(prepared.prompts, model.config.image_size)
-    painted = paint(model, prompt_images, prompt_targets, prepared.query, prepared.task, batch_size, device)
+    painted = paint(model, prompt_images, prompt_targets, prepared.query, prepared.task, batch_size, device, on_batch)
     if prepared.task == "segmentation":
         top = int(prompt_targets.max())  # one dtype for every output of these prompts
         path = write_label_map(painted, prepared.geometry, prepared.output_path, top=top)

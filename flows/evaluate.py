@@ -171,8 +171,8 @@ def evaluate_flow(
             return {e.dataset: {PRIMARY_METRIC[e.task]: scores[e.dataset]} for e in evaluations if e.dataset in scores}
 
         record_evaluation(uri, name, number, by_metric(summary["scores"]), run_id, baselines=by_metric(summary["baselines"]))
-        refresh_cards(uri, name, number)
         mlflow.set_model_version_tag(name, number, FAILED_CASES_TAG, str(len(failed)))  # promotion refuses above 0
+        refresh_cards(uri, name, number)
         summary["version"] = number
         if promote:
             summary |= promote_flow(version_uri(number, name), rule, tolerance)

@@ -300,12 +300,16 @@ def test_slot_likelihood_rewards_the_slot_whose_colour_is_the_level():
     assert torch.allclose(slot_likelihood(wrong, colours.flip(1), target, weights, 0.02), slot_likelihood(right, colours, target, weights, 0.02))
 
 
+def _segmentation_then_image_batch() -> dict[str, torch.Tensor]:
+    """Two autoregressive episodes with binary targets: row 0 segmentation, row 1 an image task."""
+    px, py, x, y = images(2, 1)
+    return {"prompt_images": px, "prompt_targets": (py > 0.5).float(), "query_image": x, "query_target": (y > 0.5).float(),
+            "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+
+
 def test_slot_likelihood_is_added_on_segmentation_episodes_only():
     model = tiny(decoder="unet", readout_slots=4)
-    px, py, x, y = images(2, 1)
-    py, y = (py > 0.5).float(), (y > 0.5).float()
-    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
-             "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+    batch = _segmentation_then_image_batch()
     plain = episode_losses(model, batch, ObjectiveConfig())
     with_likelihood = episode_losses(model, batch, ObjectiveConfig(slot_likelihood_weight=1.0))
     assert float(with_likelihood[0]) > float(plain[0]) + 0.1
@@ -316,15 +320,12 @@ def test_prompt_slot_loss_scores_the_prompt_painted_from_its_own_slots():
     """On segmentation rows only; zero where the prompt's slots are pure (each holding one level
     of the prompt target), above zero where one slot mixes two levels."""
     model = tiny(decoder="unet", readout_slots=4, image_residual=False)
-    px, py, x, y = images(2, 1)
-    py, y = (py > 0.5).float(), (y > 0.5).float()
-    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
-             "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+    batch = _segmentation_then_image_batch()
     plain = episode_losses(model, batch, ObjectiveConfig())
     with_prompt = episode_losses(model, batch, ObjectiveConfig(prompt_slot_weight=1.0))
     assert float(with_prompt[0]) > float(plain[0])
     assert float(with_prompt[1]) == pytest.approx(float(plain[1])), "image episodes are not painted in slots"
-    target = py[:1, 0]
+    target = batch["prompt_targets"][:1, 0]
     pure = torch.cat([target * 40 - 20, (1 - target) * 40 - 20, torch.full((1, 2, 64, 64), -20.0)], dim=1)
     own = paint_slots(pure, slot_colours(pure[:, None], target[:, None]))
     assert torch.allclose(own, target, atol=1e-3), "pure slots paint their prompt back"
@@ -350,15 +351,12 @@ def test_unprompted_segmentation_targets_can_be_left_out_of_the_loss():
     """Py_1 of an autoregressive segmentation episode is painted from Px_1 alone; with weight 0
     the episode's loss is its query target's alone, and image tasks keep both."""
     model = tiny()
-    px, py, x, y = images(2, 1)
-    py, y = (py > 0.5).float(), (y > 0.5).float()
-    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
-             "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+    batch = _segmentation_then_image_batch()
     paper = episode_losses(model, batch, ObjectiveConfig(background_weight=1.0))
     without = episode_losses(model, batch, ObjectiveConfig(background_weight=1.0, unprompted_segmentation_weight=0.0))
     with torch.no_grad():
-        prompt_out, query_out = model.forward_ar(px, py, x)
-    query_only = torch.nn.functional.smooth_l1_loss(query_out[0], y[0], beta=ObjectiveConfig().smooth_l1_beta)
+        prompt_out, query_out = model.forward_ar(batch["prompt_images"], batch["prompt_targets"], batch["query_image"])
+    query_only = torch.nn.functional.smooth_l1_loss(query_out[0], batch["query_target"][0], beta=ObjectiveConfig().smooth_l1_beta)
     assert float(without[0]) == pytest.approx(float(query_only), rel=1e-3)
     assert float(paper[0]) != pytest.approx(float(without[0]), rel=1e-3)
     assert float(paper[1]) == pytest.approx(float(without[1]))

@@ -88,9 +88,21 @@ def _predict(args: argparse.Namespace):
     model = load_model(args.model, device)
     from tqdm.auto import tqdm
 
-    # stderr: stdout holds only the lines that say what was written
-    with tqdm(total=len(prepared.query), unit="slice", desc=f"predict {args.input.name}") as bar:
-        return paint_prediction(model, prepared, args.batch_size, device, on_batch=bar.update)
+    bar = None
+
+    def advance(slices: int) -> None:
+        # the bar opens with the first painted batch: the input has passed every check by then, so
+        # a refused input is one line of error, not a bar at 0 % above it
+        nonlocal bar
+        if bar is None:  # stderr: stdout holds only the lines that say what was written
+            bar = tqdm(total=len(prepared.query), unit="slice", desc=f"predict {args.input.name}")
+        bar.update(slices)
+
+    try:
+        return paint_prediction(model, prepared, args.batch_size, device, on_batch=advance)
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def describe(prediction) -> list[str]:

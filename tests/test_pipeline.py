@@ -41,6 +41,7 @@ def test_phantoms_written_recognises_only_a_complete_folder_with_the_same_settin
 @pytest.mark.timeout(900)
 def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, prefect_server, local_ray):
     from flows.pipeline import pipeline_flow
+    from flows.promote import FAILED_CASES_TAG
     from mvg.tracking import alias_version, client
 
     monkeypatch.setenv("MVG_HOME", str(tmp_path / "mvg-home"))
@@ -57,7 +58,9 @@ def test_pipeline_runs_every_stage_then_reuses_them(tmp_path, monkeypatch, prefe
     # promoted iff the model beats its baseline on every dataset (rule `every`), read from the tags
     uri = first["tracking_uri"]
     tags = client(uri).get_model_version("mvg", "1").tags
-    model = {key.removeprefix("eval."): float(value) for key, value in tags.items() if key.startswith("eval.") and key != "eval.run_id"}
+    model = {key.removeprefix("eval."): float(value) for key, value in tags.items()
+             if key.startswith("eval.") and key not in ("eval.run_id", FAILED_CASES_TAG)}
+    assert tags[FAILED_CASES_TAG] == "0", "every phantom test case was scored"
     baselines = {key.removeprefix("baseline."): float(value) for key, value in tags.items() if key.startswith("baseline.")}
     assert model and set(model) == set(baselines)
     beats = all(model[key] > baselines[key] for key in model)

@@ -70,9 +70,8 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         # the first prompt painted in the colours its own slots read from it: exact only where
         # its slots are pure, each holding one class (whatever colour the episode gave it)
         own = paint_slots(prompt_slots, colours)
-        pixels = torch.ones_like(own)
         losses = losses + objective.prompt_slot_weight * torch.where(
-            is_segmentation, loss(own, prompt_targets[:, 0], prompt_images[:, 0], pixels), 0.0
+            is_segmentation, loss(own, prompt_targets[:, 0], prompt_images[:, 0], 1.0), 0.0
         )
     return losses
 

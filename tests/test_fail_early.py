@@ -152,15 +152,18 @@ def test_predict_from_a_folder_needs_no_tracking_server(monkeypatch, tmp_path, c
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# a command in miniature: it starts a child, then blocks; its unwinding takes argv[2] seconds
+# a command in miniature: it starts a child, then blocks; its unwinding takes argv[2] seconds.
+# The child's pid is printed inside the `try`, so a signal sent once it is read always finds the
+# command in its blocking section, with the slow unwinding still ahead (printed before it, a
+# signal could land between the print and the `try` and end the command with nothing to unwind)
 STARTS_A_CHILD_AND_BLOCKS = """
 import subprocess, sys, time
 from flows import lifetime
 lifetime.UNWIND_S = float(sys.argv[1])
 with lifetime.children_stopped_if_killed():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-    print(child.pid, flush=True)
     try:
+        print(child.pid, flush=True)
         time.sleep(600)
     finally:
         time.sleep(float(sys.argv[2]))

@@ -14,6 +14,7 @@ DECODERS = ("paper", "unet")
 DATASET_WEIGHTINGS = ("uniform", "sqrt-slices")
 SLOT_SHARES = ("learned", "task")
 SLOT_INFERENCES = ("soft", "argmax")
+RESIDUAL_FORMS = ("add", "blend")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,16 @@ class ModelConfig:
     # denoising, inpainting and synthesis are scored against the identity; else a random start.
     # Measured on the demo phantoms, not kept: the image tasks stayed at the identity
     residual_starts_open: bool = False
+    # image residual: "add" paints `painted + sigmoid(gate) * image`, so an exact copy needs the
+    # painting at 0 and the gate saturated at once; "blend" paints `keep * image + (1 - keep) *
+    # painted` with keep = sigmoid(gate), so a saturated gate alone copies the pixel exactly
+    # whatever is painted (the unchanged air of a denoising pair, the kept rest of an inpainting)
+    residual_form: str = "add"
+    # Departure from the paper, unet decoder only: the decoder is told each episode's task (a
+    # learned embedding per task, starting at zero, added to its coarsest features), as the task
+    # share already is. The ViT still reads the task from the prompt; the decoder no longer has
+    # to, so a short run does not blend a denoising's smoothing into an inpainting's kept pixels.
+    task_conditioning: bool = False
     # Departure from the paper, unet decoder only: the decoder also sorts every pixel into one of
     # `readout_slots` slots; a slot's colour is the mean prompt target over the prompt pixels the
     # same decoder sorts into it, and a learned per-pixel share mixes this slot painting into the
@@ -72,9 +83,11 @@ class ModelConfig:
             raise ValueError(f"model.decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
         if self.slot_share not in SLOT_SHARES:
             raise ValueError(f"model.slot_share {self.slot_share!r} is not one of {', '.join(SLOT_SHARES)}")
+        if self.residual_form not in RESIDUAL_FORMS:
+            raise ValueError(f"model.residual_form {self.residual_form!r} is not one of {', '.join(RESIDUAL_FORMS)}")
         if self.slot_inference not in SLOT_INFERENCES:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
-        for option in ("prompt_readout", "image_residual", "readout_slots"):
+        for option in ("prompt_readout", "image_residual", "readout_slots", "task_conditioning"):
             if getattr(self, option) and self.decoder != "unet":
                 raise ValueError(f"model.{option} needs model.decoder = 'unet'")
         if self.decoder == "unet" and self.patch_size & (self.patch_size - 1):

@@ -37,6 +37,7 @@ from mvg.config import TASKS, ModelConfig, MVGConfig
 from mvg.objectives import block_causal_mask
 
 IMAGE, TARGET = 0, 1  # role embeddings
+SEGMENTATION = TASKS.index("segmentation")
 SLOT_SHARE_BIAS = -4.0
 RESIDUAL_GATE_BIAS = 5.0  # sigmoid(5) = 0.993: the identity, give or take 0.7 %
 
@@ -106,6 +107,11 @@ class UNetDecoder(nn.Module):
             for level in range(levels)
         )
         self.project = nn.Linear(4 * config.embed_dim, widths[-1])
+        # with `task_conditioning` each task adds its own vector to the coarsest features; at zero
+        # the decoder starts as the unconditioned one
+        self.task_embed = nn.Embedding(len(TASKS), widths[-1]) if config.task_conditioning else None
+        if self.task_embed is not None:
+            nn.init.zeros_(self.task_embed.weight)
         self.up = nn.ModuleList(
             _conv_pair(
                 (widths[level + 1] if level + 1 < levels else widths[-1]) + widths[level] + (extra if level == 0 else 0),
@@ -119,6 +125,7 @@ class UNetDecoder(nn.Module):
         # identity (their targets are mostly the input), and segmentation learns to close the gate;
         # which task it is, the model reads from the prompt pair, as everything else
         self.residual = config.image_residual
+        self.blend = config.residual_form == "blend"
         # with `readout_slots` K more channels sort each pixel into one of K slots (softmax) and
         # one more mixes the slot painting into the regression (MVG.paint_slots)
         self.slots = config.readout_slots
@@ -131,14 +138,17 @@ class UNetDecoder(nn.Module):
             with torch.no_grad():
                 self.out.bias[-1] = SLOT_SHARE_BIAS
 
-    def forward(self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None, tasks: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """features (B, T, 4D) of one image's tokens and the pair's image (B, 1, H, W) -> (B, 1, H, W);
         `carried`: with a prompt read-out, the prompt target carried to this image (zeros when
-        nothing comes before it). The regression painting alone: with slots see `heads`."""
-        return self.heads(features, image, carried)[0]
+        nothing comes before it); `tasks` (B,) indices into TASKS, with task conditioning. The
+        regression painting alone: with slots see `heads`."""
+        return self.heads(features, image, carried, tasks)[0]
 
     def heads(
-        self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None
+        self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None, tasks: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The regression painting (B, 1, H, W) and, with `readout_slots`, the slot logits
         (B, K, H, W) and the logit of the slot painting's share (B, 1, H, W); else None, None."""
@@ -146,6 +156,10 @@ class UNetDecoder(nn.Module):
             raise ValueError("the unet decoder paints from the pair's image: pass it")
         batch = features.shape[0]
         x = self.project(features).transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
+        if self.task_embed is not None:
+            if tasks is None:
+                raise ValueError("this decoder is told each episode's task: pass `tasks`")
+            x = x + self.task_embed(tasks.to(x.device)).to(x.dtype)[:, :, None, None]
         image = image.to(x.dtype)
         if self.carried_channels and carried is None:  # nothing to read (no prompt before this image)
             carried = image.new_zeros(batch, self.carried_channels, *image.shape[-2:])
@@ -160,7 +174,8 @@ class UNetDecoder(nn.Module):
         out = self.out(x)
         painted, out = out[:, :1], out[:, 1:]
         if self.residual:
-            painted, out = painted + torch.sigmoid(out[:, :1]) * image, out[:, 1:]
+            keep, out = torch.sigmoid(out[:, :1]), out[:, 1:]
+            painted = keep * image + (1 - keep) * painted if self.blend else painted + keep * image
         if not self.slots:
             return painted, None, None
         return painted, out[:, : self.slots], out[:, self.slots :]
@@ -326,15 +341,15 @@ class MVG(nn.Module):
         prompt_images_at: Sequence[int] = (),
         prompt_targets: torch.Tensor | None = None,
         prompt_images: torch.Tensor | None = None,
-        segmentation: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The target painted from the tokens of sequence image `image`; `pixels` is the pair's
         own image (used by the skip decoders). The read-outs (prompt read-out, slots) read the
         prompt images at sequence positions `prompt_images_at`, their pixels `prompt_images` and
         their `prompt_targets` (B, k, 1, H, W); none: nothing is carried (zeros), no slot painting.
-        `segmentation` (B,) bool: which rows are segmentation episodes (`slot_share = "task"`; None:
-        all of them, as `predict`'s default task)."""
-        return self.decode_parts(features, image, pixels, prompt_images_at, prompt_targets, prompt_images, segmentation)[0]
+        `tasks` (B,) long: each row's task, an index into TASKS (`slot_share = "task"`, task
+        conditioning; None: every row segmentation, as `predict`'s default task)."""
+        return self.decode_parts(features, image, pixels, prompt_images_at, prompt_targets, prompt_images, tasks)[0]
 
     def decode_parts(
         self,
@@ -344,7 +359,7 @@ class MVG(nn.Module):
         prompt_images_at: Sequence[int] = (),
         prompt_targets: torch.Tensor | None = None,
         prompt_images: torch.Tensor | None = None,
-        segmentation: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
         first_prompt_slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """`decode`, with the slot logits (B, K, H, W; None without slots) and the slot colours
@@ -354,14 +369,14 @@ class MVG(nn.Module):
         prompts = [self._tokens_of(features, at) for at in prompt_images_at]
         carried = self._carried(own, prompts, prompt_targets, pixels) if self.readout is not None else None
         colours = None
-        if self.config.readout_slots and prompts and self._paints_slots(segmentation):
-            colours = self._slot_colours(prompts, prompt_images, prompt_targets, first_prompt_slots)
-        return self._paint(own, pixels, carried, colours, segmentation)
+        if self.config.readout_slots and prompts and self._paints_slots(tasks):
+            colours = self._slot_colours(prompts, prompt_images, prompt_targets, first_prompt_slots, tasks)
+        return self._paint(own, pixels, carried, colours, tasks)
 
-    def _paints_slots(self, segmentation: torch.Tensor | None) -> bool:
+    def _paints_slots(self, tasks: torch.Tensor | None) -> bool:
         """Whether any row is painted in slots: with the task share, a batch of image episodes
         needs no slot colours (and no decoder pass over its prompt images to read them)."""
-        return self.config.slot_share != "task" or segmentation is None or bool(segmentation.any())
+        return self.config.slot_share != "task" or tasks is None or bool((tasks == SEGMENTATION).any())
 
     def _paint(
         self,
@@ -369,16 +384,17 @@ class MVG(nn.Module):
         pixels: torch.Tensor,
         carried: torch.Tensor | None,
         colours: torch.Tensor | None,
-        segmentation: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         if self.config.decoder != "unet":
             return self.decoder(own, pixels), None, None
-        painted, slot_logits, share = self.decoder.heads(own, pixels, carried)
+        tasks = _tasks_or_segmentation(tasks, pixels)
+        painted, slot_logits, share = self.decoder.heads(own, pixels, carried, tasks)
         if colours is None:  # no prompt before this image (or no slot painting): the regression alone
             return painted, slot_logits, None
         slots_painted = paint_slots(slot_logits, colours, hard=self._hard_slots).to(painted.dtype)
-        if self.config.slot_share == "task":  # rows not said to be anything are segmentation, as in `predict`
-            rows = torch.ones(painted.shape[0], dtype=torch.bool, device=painted.device) if segmentation is None else segmentation
+        if self.config.slot_share == "task":
+            rows = tasks == SEGMENTATION
             # chosen, not mixed at a share of exactly 0 or 1: p + 1 * (s - p) is not s in floats
             return torch.where(rows.view(-1, 1, 1, 1), slots_painted, painted), slot_logits, colours
         share = torch.sigmoid(share)
@@ -395,6 +411,7 @@ class MVG(nn.Module):
         prompt_images: torch.Tensor,
         prompt_targets: torch.Tensor,
         first_prompt_slots: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Each slot's colour read from the prompt pairs: (B, K). A prompt image's slots are
         sorted by the same decoder with nothing carried, in training and at inference alike; the
@@ -403,7 +420,8 @@ class MVG(nn.Module):
         if prompt_images is None:
             raise ValueError("this model reads slot colours from the prompts: pass the prompt images")
         logits = [
-            first_prompt_slots if i == 0 and first_prompt_slots is not None else self.decoder.heads(tokens, prompt_images[:, i])[1]
+            first_prompt_slots if i == 0 and first_prompt_slots is not None
+            else self.decoder.heads(tokens, prompt_images[:, i], None, _tasks_or_segmentation(tasks, prompt_images[:, i]))[1]
             for i, tokens in enumerate(prompts)
         ]
         logits = torch.stack(logits, dim=1)
@@ -428,7 +446,7 @@ class MVG(nn.Module):
         query_target: torch.Tensor,
         prompt_masks: torch.Tensor,
         query_mask: torch.Tensor,
-        segmentation: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked image modelling, full attention. prompt_* (B, k, 1, H, W), masks (B, k, T) and
         (B, T). Returns the repainted prompt targets (B, k, 1, H, W) and query target (B, 1, H, W)."""
@@ -441,10 +459,10 @@ class MVG(nn.Module):
         sequence.append(self.embed_target(query_target, query_image, pairs, query_mask))
         features = self.encode(torch.cat(sequence, dim=1), attn_mask=None)
         prompt_outputs = torch.stack(
-            [self.decode(features, 2 * pair + 1, prompt_images[:, pair]) for pair in range(pairs)], dim=1
+            [self.decode(features, 2 * pair + 1, prompt_images[:, pair], tasks=tasks) for pair in range(pairs)], dim=1
         )
         prompt_images_at = [2 * pair for pair in range(pairs)]
-        return prompt_outputs, self.decode(features, 2 * pairs + 1, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation)
+        return prompt_outputs, self.decode(features, 2 * pairs + 1, query_image, prompt_images_at, prompt_targets, prompt_images, tasks)
 
     def forward_ar(
         self,
@@ -452,7 +470,7 @@ class MVG(nn.Module):
         prompt_targets: torch.Tensor,
         query_image: torch.Tensor,
         with_slots: bool = False,
-        segmentation: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """Autoregressive, block-causal: [Px_1, Py_1, ..., Px_k, Py_k, X]. The output at each image
         predicts the next one: returns the predictions of Py_1..Py_k (B, k, 1, H, W) and of Y;
@@ -471,22 +489,23 @@ class MVG(nn.Module):
         prompt_parts = [
             self.decode_parts(
                 features, 2 * pair, prompt_images[:, pair], [2 * j for j in range(pair)], prompt_targets[:, :pair],
-                prompt_images[:, :pair], segmentation,
+                prompt_images[:, :pair], tasks,
             )
             for pair in range(pairs)
         ]
         prompt_outputs = torch.stack([painted for painted, _, _ in prompt_parts], dim=1)
         prompt_images_at = [2 * pair for pair in range(pairs)]
         query = self.decode_parts(
-            features, 2 * pairs, query_image, prompt_images_at, prompt_targets, prompt_images, segmentation, prompt_parts[0][1]
+            features, 2 * pairs, query_image, prompt_images_at, prompt_targets, prompt_images, tasks, prompt_parts[0][1]
         )
         return (prompt_outputs, *query, prompt_parts[0][1]) if with_slots else (prompt_outputs, query[0])
 
     # ------------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def encode_prompts(self, prompt_images: torch.Tensor, prompt_targets: torch.Tensor) -> PromptCache:
-        """Keys and values of the prompt pairs in every block (block-causal among the prompts)."""
+    def encode_prompts(self, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, task: str = "segmentation") -> PromptCache:
+        """Keys and values of the prompt pairs in every block (block-causal among the prompts);
+        `task` says how the decoder sorts the prompts into slots, where it is told the task."""
         pairs = prompt_images.shape[1]
         tokens = torch.cat(
             [
@@ -513,7 +532,8 @@ class MVG(nn.Module):
             return PromptCache(keys, values, pairs)
         features = torch.cat(features, dim=-1)
         prompts = [self._tokens_of(features, 2 * pair) for pair in range(pairs)]
-        colours = self._slot_colours(prompts, prompt_images, prompt_targets) if self.config.readout_slots else None
+        tasks = _task_indices(prompt_images, task)
+        colours = self._slot_colours(prompts, prompt_images, prompt_targets, tasks=tasks) if self.config.readout_slots else None
         return PromptCache(keys, values, pairs, torch.cat(prompts, dim=1), prompt_targets, colours)
 
     @torch.no_grad()
@@ -526,7 +546,7 @@ class MVG(nn.Module):
             features += self._features_at(depth, tokens)
         features = torch.cat(features, dim=-1)
         carried = None if self.readout is None else self._carried(features, [cache.image_features], cache.targets, query)
-        return self._paint(features, query, carried, cache.slot_colours, _task_rows(query, task))[0].clamp(0, 1)
+        return self._paint(features, query, carried, cache.slot_colours, _task_indices(query, task))[0].clamp(0, 1)
 
     @torch.no_grad()
     def predict(
@@ -546,7 +566,8 @@ class MVG(nn.Module):
             )
         prompts = torch.cat([prompt_images, prompt_targets], dim=1).flatten(1)
         unique, rows = torch.unique(prompts, dim=0, return_inverse=True)
-        cache = self.encode_prompts(prompt_images[_first_rows(rows, len(unique))], prompt_targets[_first_rows(rows, len(unique))])
+        first = _first_rows(rows, len(unique))
+        cache = self.encode_prompts(prompt_images[first], prompt_targets[first], task)
         return self.predict_cached(query, cache.select(rows), task)
 
     @torch.no_grad()
@@ -554,7 +575,7 @@ class MVG(nn.Module):
         self, query: torch.Tensor, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, task: str = "segmentation"
     ) -> torch.Tensor:
         """The same prediction by re-encoding prompts with every query (the naive path; benchmarks)."""
-        return self.forward_ar(prompt_images, prompt_targets, query, segmentation=_task_rows(query, task))[1].clamp(0, 1)
+        return self.forward_ar(prompt_images, prompt_targets, query, tasks=_task_indices(query, task))[1].clamp(0, 1)
 
 
 def slot_colours(slot_logits: torch.Tensor, prompt_targets: torch.Tensor, hard: bool = False) -> torch.Tensor:
@@ -584,9 +605,14 @@ def _slot_weights(slot_logits: torch.Tensor, dim: int, hard: bool) -> torch.Tens
     return torch.zeros_like(slot_logits, dtype=torch.float32).scatter_(dim, winners, 1.0)
 
 
-def _task_rows(query: torch.Tensor, task: str) -> torch.Tensor:
-    """(B,) bool: every row of `query` is a `task` episode -- or not segmentation."""
-    return torch.full((query.shape[0],), task == "segmentation", dtype=torch.bool, device=query.device)
+def _task_indices(images: torch.Tensor, task: str) -> torch.Tensor:
+    """(B,) long: every row of `images` is a `task` episode (its index into TASKS)."""
+    return torch.full((images.shape[0],), TASKS.index(task), dtype=torch.long, device=images.device)
+
+
+def _tasks_or_segmentation(tasks: torch.Tensor | None, images: torch.Tensor) -> torch.Tensor:
+    """Each row's task; rows not said to be anything are segmentation, as in `predict`."""
+    return _task_indices(images, "segmentation") if tasks is None else tasks.to(images.device)
 
 
 def _first_rows(inverse: torch.Tensor, count: int) -> torch.Tensor:

@@ -42,13 +42,13 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         device = query_image.device
         prompt_masks, query_mask = prompt_masks.to(device), query_mask.to(device)
         prompt_out, query_out = model.forward_mim(
-            prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask, segmentation=is_segmentation
+            prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask, tasks=batch["task_index"]
         )
         prompt_pixels = patch_mask_to_pixels(prompt_masks.flatten(0, 1), config.grid, config.patch_size).view_as(prompt_targets)
         query_pixels = patch_mask_to_pixels(query_mask, config.grid, config.patch_size)
     else:
         prompt_out, query_out, slot_logits, colours, prompt_slots = model.forward_ar(
-            prompt_images, prompt_targets, query_image, with_slots=True, segmentation=is_segmentation
+            prompt_images, prompt_targets, query_image, with_slots=True, tasks=batch["task_index"]
         )
         prompt_pixels, query_pixels = torch.ones_like(prompt_targets), torch.ones_like(query_target)
 

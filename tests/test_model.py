@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mvg.colouring import binary, random_colouring
-from mvg.config import PRESETS, ObjectiveConfig, preset
+from mvg.config import PRESETS, TASKS, ObjectiveConfig, preset
 from mvg.model import MVG, paint_slots, slot_colours
 from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights
 from mvg.step import episode_losses
@@ -192,6 +192,48 @@ def test_image_residual_gate_opens_to_the_identity_and_closes_to_the_painting():
         preset("tiny-cpu").with_overrides(model={**PAPER, "image_residual": True})
 
 
+def test_blended_residual_copies_the_image_exactly_once_its_gate_saturates_whatever_is_painted():
+    model = tiny(decoder="unet", image_residual=True, residual_form="blend", readout_slots=0)
+    config = model.config
+    features = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim)
+    image = torch.rand(2, 1, config.image_size, config.image_size)
+    with torch.no_grad():
+        model.decoder.out.weight.zero_()
+        model.decoder.out.bias.copy_(torch.tensor([0.25, 30.0]))  # painted 0.25, the image kept
+        assert torch.allclose(model.decoder(features, image), image, atol=1e-6)
+        model.decoder.out.bias.copy_(torch.tensor([0.25, -30.0]))  # the painting alone
+        assert torch.allclose(model.decoder(features, image), torch.full_like(image, 0.25), atol=1e-6)
+        model.decoder.out.bias.copy_(torch.tensor([0.25, 0.0]))  # half of each
+        assert torch.allclose(model.decoder(features, image), 0.5 * image + 0.125, atol=1e-6)
+    with pytest.raises(ValueError, match="residual_form"):
+        preset("tiny-cpu").with_overrides(model={"residual_form": "multiply"})
+
+
+def test_a_task_conditioned_decoder_starts_unconditioned_and_learns_a_painting_per_task():
+    model = tiny(decoder="unet", task_conditioning=True)
+    px, py, x, _ = images(2, 1)
+    assert torch.equal(model.predict(x, px, py, task="denoising"), model.predict(x, px, py, task="inpainting")), "zero at the start"
+    with torch.no_grad():
+        model.decoder.task_embed.weight.normal_()
+    denoised, inpainted = (model.predict(x, px, py, task=task) for task in ("denoising", "inpainting"))
+    assert not torch.allclose(denoised, inpainted, atol=1e-3)
+    assert torch.allclose(denoised, model.predict_uncached(x, px, py, task="denoising"), atol=1e-5), "the prompt cache stays exact"
+    with pytest.raises(ValueError, match="task_conditioning"):
+        preset("tiny-cpu").with_overrides(model={**PAPER, "task_conditioning": True})
+
+
+def test_training_teaches_each_task_its_own_embedding():
+    config = preset("tiny-cpu").with_overrides(model={"task_conditioning": True})
+    torch.manual_seed(0)
+    model = MVG(config).train()
+    batch = _segmentation_then_image_batch()
+    episode_losses(model, batch, config.objective, torch.Generator().manual_seed(0)).mean().backward()
+    gradient = model.decoder.task_embed.weight.grad
+    taught = {TASKS[int(i)] for i in batch["task_index"]}
+    for index, task in enumerate(TASKS):
+        assert bool(gradient[index].abs().sum() > 0) == (task in taught), task
+
+
 def test_slot_colours_are_the_prompts_mean_level_per_slot():
     """Hard slots: a slot's colour is the mean prompt target over its pixels, over all prompt
     pairs; a slot no prompt pixel falls in reads as background."""
@@ -234,7 +276,7 @@ def test_task_slot_share_paints_segmentation_in_prompt_levels_and_images_by_regr
     assert torch.allclose(segmentation + swapped, torch.ones_like(segmentation), atol=1e-4)
     denoised = model.predict(x, px, levels, task="denoising")
     with torch.no_grad():
-        features = model.forward_ar(px, levels, x, segmentation=torch.tensor([False]))[1]
+        features = model.forward_ar(px, levels, x, tasks=torch.tensor([TASKS.index("denoising")]))[1]
     assert torch.allclose(denoised, features.clamp(0, 1), atol=1e-5)
     assert not torch.allclose(denoised, segmentation, atol=1e-3)
     assert torch.allclose(model.forward_ar(px, levels, x)[1].clamp(0, 1), segmentation, atol=1e-5), "rows are segmentation unless said"
@@ -280,7 +322,7 @@ def test_unchanged_pixels_of_image_targets_weigh_less():
     model = tiny(decoder="unet")
     px, py, x, _ = images(1, 1)
     batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": x.clone(),
-             "is_segmentation": torch.tensor([False]), "is_mim": torch.tensor([False])}
+             "is_segmentation": torch.tensor([False]), "is_mim": torch.tensor([False]), "task_index": torch.tensor([TASKS.index("inpainting")])}
     batch["query_target"][..., :8, :8] = 1.0  # the query's target changes only a corner
     with torch.no_grad():
         weighted = episode_losses(model, batch, config)
@@ -304,7 +346,8 @@ def _segmentation_then_image_batch() -> dict[str, torch.Tensor]:
     """Two autoregressive episodes with binary targets: row 0 segmentation, row 1 an image task."""
     px, py, x, y = images(2, 1)
     return {"prompt_images": px, "prompt_targets": (py > 0.5).float(), "query_image": x, "query_target": (y > 0.5).float(),
-            "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False])}
+            "is_segmentation": torch.tensor([True, False]), "is_mim": torch.tensor([False, False]),
+            "task_index": torch.tensor([TASKS.index("segmentation"), TASKS.index("denoising")])}
 
 
 def test_slot_likelihood_is_added_on_segmentation_episodes_only():
@@ -397,7 +440,8 @@ def phantom_episodes(size: int = 64) -> dict[str, torch.Tensor]:
     rng = np.random.default_rng(0)
     rows = []
     z = 6  # a middle slice of 12
-    for task, index in (("segmentation", 0), ("segmentation", 2), ("synthesis", 0), ("denoising", 0)):
+    tasks = ("segmentation", "segmentation", "synthesis", "denoising")
+    for task, index in zip(tasks, (0, 2, 0, 0)):
         prompt = phantom_case(task, index, size=size, slices=12)
         query = phantom_case(task, index + 1, size=size, slices=12)
         if task == "segmentation":
@@ -422,6 +466,7 @@ def phantom_episodes(size: int = 64) -> dict[str, torch.Tensor]:
         "query_target": tensor([r[3] for r in rows])[:, None],
         "is_segmentation": torch.tensor([r[4] for r in rows]),
         "is_mim": torch.tensor([r[5] for r in rows]),
+        "task_index": torch.tensor([TASKS.index(task) for task in tasks]),
         "colourings": [r[6] for r in rows],
         "labels": [r[7] for r in rows],
     }

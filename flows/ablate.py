@@ -13,7 +13,8 @@ the variant to register) is checked by `plan` before any run, trial or server st
 fails every attempt Tune gives it is listed with its error (`failed` in the summary, `trials.csv`)
 and its variant is compared on the seeds that finished. Nothing is registered unless
 `register_variant` names a variant (or "best": the highest mean margin over the baselines); its
-model then becomes a version of `mvg` with the alias `candidate`, as `mvg train` registers one.
+model then becomes a version of `mvg` with the alias `candidate`, as `mvg train` registers one, with
+its model card (mvg.cards) and the ablation's scores of it recorded as `mvg evaluate` records them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from prefect import flow, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.evaluate import PAPER_NAMES, evaluate_dataset_task
+from flows.evaluate import PAPER_NAMES, evaluate_dataset_task, record_on_version
 from mvg.ablation import BEST, DEFAULT_PRESET, DEFAULT_SEEDS, Plan, Trial, describe_cases, plan, steps_for
+from mvg.cards import Training, record_training, store_datasets
 from mvg.comparison import Comparison, Score, bar_chart, compare
 from mvg.distributed import Scaling, TrainJob
 from mvg.evaluation import BASELINE_BY_TASK, MODEL, DatasetEvaluation, to_csv, to_markdown
@@ -144,7 +146,8 @@ def ablation_flow(
     if register_variant:
         single_model = [v.name for v in checked.study.variants if not v.isolated]
         chosen = comparison.best(among=single_model) if register_variant == BEST else register_variant
-        summary["registered"] = register_chosen(chosen, trials, results, runs)
+        facts = CardFacts(checked, overrides or {}, scaling.workers, evaluations, failed)
+        summary["registered"] = register_chosen(chosen, trials, results, runs, facts)
     runs.close("FINISHED")
     publish(checked.study, summary, chart)
     return safe_json(summary)
@@ -297,9 +300,47 @@ def log_params(mlflow, run_id: str, params: dict) -> None:
         mlflow.log_param(run_id, key, value[:6000])  # MLflow's limit on a param's value
 
 
-def register_chosen(variant: str | None, trials: list[Trial], results: dict[str, TrialResult], runs: TrackedStudy) -> dict:
+@dataclass(frozen=True)
+class CardFacts:
+    """What the registered version's model card tells beyond the trial itself: the checked study,
+    its common overrides (--set), the workers of each trial and every trial's evaluation."""
+
+    checked: Plan
+    overrides: Mapping[str, object]
+    workers: int
+    evaluations: Mapping[str, list[DatasetEvaluation]]
+    failed: list[dict]  # rows of evaluate_trials: trial, stage, reason
+
+    def training(self, trial: Trial, result: TrialResult, runs: TrackedStudy) -> Training:
+        """The trial's training as `mvg train` records it: the preset, every override that made the
+        trial (common, the variant's, the study's budget), the datasets it trained on."""
+        variant = next(v for v in self.checked.study.variants if v.name == trial.variant)
+        optim = trial.config.optim
+        budget = {"optim.steps": optim.steps, "optim.warmup_steps": optim.warmup_steps}
+        trained_on = trial.cases or self.checked.training_cases
+        return Training(
+            preset=self.checked.base.name,
+            overrides={**flatten(self.overrides), **variant.describe(), **budget},
+            datasets={d: v for d, v in store_datasets(runs.versions).items() if d in trained_on},
+            steps=result.step or 0,
+            episodes=(result.step or 0) * optim.batch_size * optim.accumulate * self.workers,
+            wall_s=result.wall_s,
+            run_id=runs.trial_runs[trial.name],
+        )
+
+    def failed_cases(self, trial: Trial) -> int:
+        """Test cases the trial's evaluation left unscored. A dataset whose evaluation raised counts
+        as one at least: its scores are missing, and promotion must not judge the version on the
+        other datasets alone."""
+        within = sum(len(evaluation.failed) for evaluation in self.evaluations.get(trial.name, []))
+        raised = sum(1 for row in self.failed if row["trial"] == trial.name and row["stage"] == "evaluation")
+        return within + raised
+
+
+def register_chosen(variant: str | None, trials: list[Trial], results: dict[str, TrialResult], runs: TrackedStudy, facts: CardFacts) -> dict:
     """The variant's first finished trial's model, logged into that trial's run and registered as
-    `mvg` @candidate (asked for with --register)."""
+    `mvg` @candidate (asked for with --register), with its model card: the training facts, then
+    the trial's scores beside their baselines where the ablation evaluated it."""
     finished = [t for t in trials if t.variant == variant and results[t.name].finished] if variant else []
     if not finished:
         print(f"nothing registered: {'no variant was scored on every dataset' if variant is None else f'no trial of {variant} finished'}")
@@ -309,9 +350,13 @@ def register_chosen(variant: str | None, trials: list[Trial], results: dict[str,
         model, config, step = load_trained(folder)
     # the registered model and its alias: the training flow's, log_mvg_model's defaults
     info = log_mvg_model(model, config, runs.trial_runs[trial.name], uri=runs.uri, step=step)
+    record_training(runs.uri, info.name, info.version, facts.training(trial, results[trial.name], runs))
+    evaluations = facts.evaluations.get(trial.name, [])
+    if evaluations:  # the eval run of these scores is the trial's own run, where log_results put them
+        record_on_version(runs.uri, info.name, info.version, evaluations, runs.trial_runs[trial.name], facts.failed_cases(trial))
     aliases = list(client(runs.uri).get_model_version(info.name, info.version).aliases)
     print(f"registered {info.model_uri} ({trial.name}) as {', '.join('@' + a for a in aliases)}")
-    return {"variant": variant, "trial": trial.name, "model_uri": info.model_uri, "aliases": aliases}
+    return {"variant": variant, "trial": trial.name, "model_uri": info.model_uri, "version": info.version, "aliases": aliases}
 
 
 # ---------------------------------------------------------------------------- Prefect

@@ -91,6 +91,21 @@ def primary_scores(evaluations: list[DatasetEvaluation], baseline: bool = False)
     return scores
 
 
+def scores_by_metric(evaluations: list[DatasetEvaluation], baseline: bool = False) -> dict[str, dict[str, float]]:
+    """dataset -> {primary metric: value}: `primary_scores` in the shape the version's tags keep."""
+    scores = primary_scores(evaluations, baseline)
+    return {e.dataset: {PRIMARY_METRIC[e.task]: scores[e.dataset]} for e in evaluations if e.dataset in scores}
+
+
+def record_on_version(uri: str, name: str, version: str, evaluations: list[DatasetEvaluation], run_id: str, failed_cases: int) -> None:
+    """Keep an evaluation on a registry version: the primary scores and the baselines' as its tags
+    (what promotion reads), how many test cases went unscored, and its card rewritten. The
+    ablation flow records its registered variant's evaluation here too."""
+    record_evaluation(uri, name, version, scores_by_metric(evaluations), run_id, baselines=scores_by_metric(evaluations, baseline=True))
+    client(uri).set_model_version_tag(name, version, FAILED_CASES_TAG, str(failed_cases))  # promotion refuses above 0
+    refresh_cards(uri, name, version)
+
+
 @flow(name="evaluate", log_prints=True)
 def evaluate_flow(
     model_uri: str = alias_uri(CANDIDATE),
@@ -166,13 +181,7 @@ def evaluate_flow(
     mlflow.set_terminated(run_id, "FINISHED")
     if version:
         name, number = version
-
-        def by_metric(scores: dict[str, float]) -> dict[str, dict[str, float]]:
-            return {e.dataset: {PRIMARY_METRIC[e.task]: scores[e.dataset]} for e in evaluations if e.dataset in scores}
-
-        record_evaluation(uri, name, number, by_metric(summary["scores"]), run_id, baselines=by_metric(summary["baselines"]))
-        mlflow.set_model_version_tag(name, number, FAILED_CASES_TAG, str(len(failed)))  # promotion refuses above 0
-        refresh_cards(uri, name, number)
+        record_on_version(uri, name, number, evaluations, run_id, failed_cases=len(failed))
         summary["version"] = number
         if promote:
             summary |= promote_flow(version_uri(number, name), rule, tolerance)

@@ -43,6 +43,7 @@ class TrialResult:
     checkpoint: str | None  # where Ray keeps its final checkpoint (a path or a URL)
     error: str | None  # its last failure, one line (None when it finished)
     failures: int  # failed attempts: Tune retried each one but the last of a failed trial
+    wall_s: float = 0.0  # seconds its last attempt ran (Tune's time_total_s): a registered model's training time
 
     @property
     def finished(self) -> bool:
@@ -135,7 +136,9 @@ def sweep(
         trial = result.config["trial"]
         metrics = result.metrics or {}
         error = log.errors.get(trial, error_line(result.error)) if result.error else None
-        results[trial] = TrialResult(trial, metrics.get("step"), metrics.get("checkpoint"), error, log.failures.get(trial, 0))
+        results[trial] = TrialResult(
+            trial, metrics.get("step"), metrics.get("checkpoint"), error, log.failures.get(trial, 0), metrics.get("time_total_s", 0.0),
+        )
     return {trial: results[trial] for trial in jobs}
 
 

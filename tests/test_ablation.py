@@ -140,6 +140,74 @@ def test_as_many_trials_at_once_as_the_cluster_has_room_for():
     assert error_line("Failure # 1\nTraceback (most recent call last):\n  File x\nRuntimeError: boom\n\n") == "RuntimeError: boom"
 
 
+# ---------------------------------------------------------------------------- the registered variant
+
+
+def scored(dataset: str, task: str, metric: str, model: float, baseline: str, base: float, failed: int = 0):
+    """A DatasetEvaluation as evaluate_dataset returns one, reduced to what registration reads."""
+    import numpy as np
+
+    from mvg.evaluation import MODEL, Aggregate, DatasetEvaluation
+
+    summary = {MODEL: {metric: Aggregate(model, math.nan, (model,))}, baseline: {metric: Aggregate(base, math.nan, (base,))}}
+    cases = [{"dataset": dataset, "case": f"c{i}", "reason": "damaged"} for i in range(failed)]
+    return DatasetEvaluation(dataset, task, 1, 1, 0, [], (metric,), summary, np.zeros((2, 2, 3), np.uint8), cases)
+
+
+def test_a_registered_variant_gets_the_model_card_of_mvg_train(tmp_path, monkeypatch):
+    """`mvg ablate --register`: the chosen trial's model is a version whose card tells what
+    `mvg train` would (preset, every override that made the trial, the datasets it trained on with
+    their store versions, steps, episodes, wall time), its ablation scores beside their baselines
+    as `mvg evaluate` records them, and how to use it. Trained here for no step at all: the
+    checkpoint is the trial's as Ray keeps it, the evaluations as the ablation's."""
+    from flows.ablate import CardFacts, TrackedStudy, register_chosen
+    from mvg.ablation import Plan
+    from mvg.model import MVG
+    from mvg.names import ABLATION_EXPERIMENT
+    from mvg.studies import Study
+    from mvg.sweep import TrialResult
+    from mvg.tracking import client, ensure_experiment, tracking_uri
+    from mvg.train import save_checkpoint
+
+    monkeypatch.setenv("MVG_HOME", str(tmp_path))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    study = Study("custom", "one variant", (Variant("random", {"objective": {"colouring": "random"}}),))
+    training_cases = {"phantom-segmentation": ("s0", "s1"), "phantom-synthesis": ("y0",)}
+    checked = Plan(study, preset("tiny-cpu").with_overrides(**TINY), "store", training_cases, tuple(training_cases), False, 1)
+    (trial,) = checked.trials(4)
+    save_checkpoint(tmp_path / "trial", {"config": trial.config.to_dict(), "model": MVG(trial.config).state_dict(), "step": 4})
+    uri, mlflow = tracking_uri(), client()
+    run = mlflow.create_run(ensure_experiment(mlflow, ABLATION_EXPERIMENT), run_name=trial.name).info.run_id
+    # the store holds a dataset this study did not train on: the card leaves it out
+    versions = {"store.phantom-segmentation": "3f2a9c", "store.phantom-synthesis": "77d0e1", "store.other": "000000"}
+    runs = TrackedStudy(uri, "parent-run", {}, {trial.name: run}, "commit", versions)
+    evaluations = {trial.name: [
+        scored("phantom-segmentation", "segmentation", "mIoU", 0.61, "copy-prompt", 0.42),
+        scored("phantom-synthesis", "synthesis", "PSNR", 24.5, "identity", 21.25),
+    ]}
+    facts = CardFacts(checked, TINY, 1, evaluations, failed=[])
+    results = {trial.name: TrialResult(trial.name, 4, str(tmp_path / "trial"), None, 0, wall_s=9.46)}
+
+    registered = register_chosen("random", [trial], results, runs, facts)
+    assert registered["model_uri"] == "models:/mvg/1" and registered["aliases"] == ["candidate"]
+    card = mlflow.get_model_version("mvg", "1").description
+    overrides = "`model.depth=1`, `model.embed_dim=48`, `model.num_heads=3`, `objective.colouring=random`, `optim.batch_size=2`"
+    assert f"Preset: `tiny-cpu`; overrides: {overrides}, `optim.steps=4`, `optim.warmup_steps=1`" in card, card
+    assert "Datasets (store version): `phantom-segmentation` (3f2a9c), `phantom-synthesis` (77d0e1)\n" in card, card
+    assert f"4 steps, {4 * 2 * trial.config.optim.accumulate} episodes, wall time 9.5 s" in card and f"MLflow run `{run}`" in card
+    assert "| phantom-segmentation | mIoU | 0.61 | 0.42 (copy-prompt) |" in card
+    assert "| phantom-synthesis | PSNR (dB) | 24.5 | 21.25 (identity) |" in card
+    assert "Not decided yet: `mvg promote --model models:/mvg/1`." in card and "mvg predict --model models:/mvg/1 --prompt-image" in card
+    tags = mlflow.get_model_version("mvg", "1").tags
+    assert tags["eval.run_id"] == run and tags["eval.failed_cases"] == "0", "promotion reads them as an evaluation's"
+    assert "| 1 | @candidate | tiny-cpu | 4 | not decided |" in mlflow.get_registered_model("mvg").description
+
+    # unscored cases and a dataset whose evaluation raised keep promotion off the partial scores
+    evaluations[trial.name][0] = scored("phantom-segmentation", "segmentation", "mIoU", 0.61, "copy-prompt", 0.42, failed=2)
+    raised = [{"trial": trial.name, "variant": "random", "seed": 0, "stage": "evaluation", "reason": "no case scored"}]
+    assert CardFacts(checked, TINY, 1, evaluations, raised).failed_cases(trial) == 3
+
+
 # ---------------------------------------------------------------------------- through Ray Tune
 
 

@@ -8,6 +8,10 @@ It reads only what the evaluate flow recorded on the versions (`eval.<dataset>.<
 evaluating anything again. A version evaluated before baselines were recorded is not promoted
 ("no baseline scores recorded; re-run mvg evaluate"), nor one whose evaluation had failed test
 cases (`eval.failed_cases` above 0: scores of part of the cases only).
+
+The flow prints nothing of its verdict: it returns it, keeps it on the version (tags and card), and
+the caller says it once (`mvg promote`, `mvg evaluate`, `mvg demo`). A print here would reach the
+terminal as well, through Prefect's log of the flow's prints, and the command's line would repeat it.
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ def promote_flow(model_uri: str = alias_uri(CANDIDATE), rule: str = "every", tol
         raise ValueError(f"{name} version {number} has no evaluation recorded: run `mvg evaluate --model {model_uri}` first")
     champion = alias_version(uri, name, CHAMPION)
     if champion == number:
-        print(f"{name} version {number} is already @{CHAMPION}")
         return {"version": number, "promoted": True, "reason": f"already the {CHAMPION}", "champion": number}
     champion_scores = None if champion is None else primary_scores(evaluated_metrics(uri, name, champion))
     baselines = primary_scores(baseline_metrics(uri, name, number))
@@ -52,5 +55,4 @@ def promote_flow(model_uri: str = alias_uri(CANDIDATE), rule: str = "every", tol
         mlflow.set_registered_model_alias(name, CHAMPION, number)
         champion = number
     refresh_cards(uri, name, number, *([previous] if decision.promote and previous else []))
-    print(f"{name} version {number}: {'promoted to @' + CHAMPION if decision.promote else 'not promoted'} ({decision.reason})")
     return {"version": number, "promoted": decision.promote, "reason": decision.reason, "champion": champion}

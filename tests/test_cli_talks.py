@@ -166,6 +166,27 @@ def test_evaluate_and_promote_json_and_the_montages_on_disk(registry, phantom_st
     assert f"version 1: {'promoted' if decision['promoted'] else 'not promoted'}" in err
 
 
+@pytest.mark.slow
+def test_mvg_promote_says_its_verdict_once(registry, tmp_path):
+    """One verdict line, the command's: the promote flow returns its decision and prints none of it
+    (a print there reaches the terminal too, as a line of Prefect's log at its default level).
+    Run as a user runs it, in a fresh process whose Prefect logging nobody has touched; with --json
+    the line is on stderr and stdout holds the one JSON object."""
+    from mvg.tracking import record_evaluation
+
+    record_evaluation(registry.tracking_uri, "mvg", "1", {"acdc": {"miou": 0.7}}, "evaluation-run", baselines={"acdc": {"miou": 0.5}})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "MVG_"))}
+    env |= {"PREFECT_LOGGING_LEVEL": "INFO", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = [sys.executable, "-m", "flows.cli", "promote", "--home", str(tmp_path), "--model", "models:/mvg/1", "--json"]
+    promoted = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert promoted.returncode == 0, promoted.stderr[-3000:]
+
+    assert promoted.stdout.count("\n") == 1 and json.loads(promoted.stdout)["promoted"] is True, promoted.stdout
+    verdict = "version 1: promoted to @champion (beats its baseline on every dataset (acdc miou 0.7 vs copy-prompt 0.5); no champion yet)"
+    assert verdict in promoted.stderr and promoted.stderr.count("version 1") == 1, promoted.stderr[-3000:]
+    assert "for flow 'promote'" in promoted.stderr, "Prefect's INFO lines are shown: a print of the flow would be among them"
+
+
 def test_the_demo_budget_buys_the_steps_that_fit_what_is_left_of_it():
     from mvg.budget import LAUNCH_S, STEP_OVERHEAD, steps_within
 

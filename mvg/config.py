@@ -52,12 +52,14 @@ class ModelConfig:
     # image residual: "add" paints `painted + sigmoid(gate) * image`, so an exact copy needs the
     # painting at 0 and the gate saturated at once; "blend" paints `keep * image + (1 - keep) *
     # painted` with keep = sigmoid(gate), so a saturated gate alone copies the pixel exactly
-    # whatever is painted (the unchanged air of a denoising pair, the kept rest of an inpainting)
+    # whatever is painted (the unchanged air of a denoising pair, the kept rest of an inpainting).
+    # Measured, not kept: phantom denoising 26.7 -> 29.1 dB, but real low-dose CT fell to the identity
     residual_form: str = "add"
     # Departure from the paper, unet decoder only: the decoder is told each episode's task (a
     # learned embedding per task, starting at zero, added to its coarsest features), as the task
     # share already is. The ViT still reads the task from the prompt; the decoder no longer has
     # to, so a short run does not blend a denoising's smoothing into an inpainting's kept pixels.
+    # Measured, not kept: real low-dose CT +0.50 -> +0.84 dB, inpainting in its mask -1.1 dB
     task_conditioning: bool = False
     # Departure from the paper, unet decoder only: the decoder also sorts every pixel into one of
     # `readout_slots` slots; a slot's colour is the mean prompt target over the prompt pixels the

@@ -67,9 +67,9 @@ class CountingEncodings(MVG):
 
     encoded = 0
 
-    def encode_prompts(self, prompt_images, prompt_targets):
+    def encode_prompts(self, prompt_images, prompt_targets, task="segmentation"):
         self.encoded += prompt_images.shape[0]
-        return super().encode_prompts(prompt_images, prompt_targets)
+        return super().encode_prompts(prompt_images, prompt_targets, task)
 
 
 @pytest.fixture(scope="module")

@@ -177,34 +177,27 @@ def test_prompt_readout_paints_the_query_from_the_prompt_target():
     assert not torch.allclose(query_out, changed_query_out)
 
 
-def test_image_residual_gate_opens_to_the_identity_and_closes_to_the_painting():
-    model = tiny(decoder="unet", image_residual=True, readout_slots=0)  # the painting and its gate alone
+# painted 0.25 everywhere; the gate's logit -> what each residual form paints from `image`
+RESIDUAL_PAINTINGS = {
+    "add": {30.0: lambda image: 0.25 + image, -30.0: lambda image: torch.full_like(image, 0.25)},
+    # blend: a saturated gate copies the image exactly, whatever is painted; half open, half of each
+    "blend": {30.0: lambda image: image, -30.0: lambda image: torch.full_like(image, 0.25), 0.0: lambda image: 0.5 * image + 0.125},
+}
+
+
+@pytest.mark.parametrize("form", sorted(RESIDUAL_PAINTINGS))
+def test_image_residual_gate_opens_to_the_image_and_closes_to_the_painting(form):
+    model = tiny(decoder="unet", image_residual=True, residual_form=form, readout_slots=0)  # the painting and its gate alone
     config = model.config
     features = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim)
     image = torch.rand(2, 1, config.image_size, config.image_size)
     with torch.no_grad():
         model.decoder.out.weight.zero_()
-        model.decoder.out.bias.copy_(torch.tensor([0.25, 30.0]))  # painted 0.25, gate wide open
-        assert torch.allclose(model.decoder(features, image), 0.25 + image, atol=1e-6)
-        model.decoder.out.bias.copy_(torch.tensor([0.25, -30.0]))  # gate shut: the painting alone
-        assert torch.allclose(model.decoder(features, image), torch.full_like(image, 0.25), atol=1e-6)
+        for gate, expected in RESIDUAL_PAINTINGS[form].items():
+            model.decoder.out.bias.copy_(torch.tensor([0.25, gate]))
+            assert torch.allclose(model.decoder(features, image), expected(image), atol=1e-6), gate
     with pytest.raises(ValueError, match="image_residual"):
         preset("tiny-cpu").with_overrides(model={**PAPER, "image_residual": True})
-
-
-def test_blended_residual_copies_the_image_exactly_once_its_gate_saturates_whatever_is_painted():
-    model = tiny(decoder="unet", image_residual=True, residual_form="blend", readout_slots=0)
-    config = model.config
-    features = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim)
-    image = torch.rand(2, 1, config.image_size, config.image_size)
-    with torch.no_grad():
-        model.decoder.out.weight.zero_()
-        model.decoder.out.bias.copy_(torch.tensor([0.25, 30.0]))  # painted 0.25, the image kept
-        assert torch.allclose(model.decoder(features, image), image, atol=1e-6)
-        model.decoder.out.bias.copy_(torch.tensor([0.25, -30.0]))  # the painting alone
-        assert torch.allclose(model.decoder(features, image), torch.full_like(image, 0.25), atol=1e-6)
-        model.decoder.out.bias.copy_(torch.tensor([0.25, 0.0]))  # half of each
-        assert torch.allclose(model.decoder(features, image), 0.5 * image + 0.125, atol=1e-6)
     with pytest.raises(ValueError, match="residual_form"):
         preset("tiny-cpu").with_overrides(model={"residual_form": "multiply"})
 

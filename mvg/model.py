@@ -121,7 +121,8 @@ class UNetDecoder(nn.Module):
             for level in range(levels)
         )
         # with `image_residual` a second channel gates the pair's image into the painting:
-        # out = painted + sigmoid(gate) * image. Denoising and inpainting then start near the
+        # out = painted + sigmoid(gate) * image (`residual_form="blend"`: the gate mixes the image
+        # and the painting instead, see ModelConfig). Denoising and inpainting then start near the
         # identity (their targets are mostly the input), and segmentation learns to close the gate;
         # which task it is, the model reads from the prompt pair, as everything else
         self.residual = config.image_residual

@@ -150,6 +150,12 @@ class DataConfig:
     )
     foreground_probability: float = 0.9  # segmentation queries from slices holding foreground
     same_case_prompt: bool = False  # prompts from another case (paper) or the same case
+    # A departure from the paper, whose only augmentation is the random crop: each episode is also
+    # turned by one of the square's eight symmetries (flips and quarter turns), drawn per episode
+    # and applied to every image of it, so prompt and query stay aligned as at inference. Where
+    # the store is at the model's size the crop is the whole slice and moves nothing: the 26
+    # low-dose CT pairs and one inpainting volume of the real store are then seen only as stored.
+    dihedral: bool = False
     # a task's datasets drawn "uniform" (paper) or "sqrt-slices": by the square root of their slices
     dataset_weighting: str = "uniform"
 

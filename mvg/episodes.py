@@ -17,7 +17,9 @@ the model's image size. `EpisodeSampler.sample()` draws one in the paper's order
    random crop of `DataConfig.crop` for each pair -- the paper's only augmentation. The image and
    the target of one pair share their crop window;
 7. segmentation only: colour the label maps with one `Colouring` for the whole episode, so the
-   same class has the same grey level in every prompt target and the query target.
+   same class has the same grey level in every prompt target and the query target;
+8. with `DataConfig.dihedral` (a departure from the paper), one of the square's eight symmetries
+   for the whole episode: every image and target of it is flipped and turned alike.
 
 Resize and crop are one step: only the pixels of the crop window are interpolated, straight from
 the stored slice, and float16 becomes float32 only on the crop. The sampler uses numpy alone (no
@@ -319,6 +321,10 @@ class EpisodeSampler:
             colouring = self._colouring(dataset, chosen, label_crops)
             for labels, target in zip(label_crops, targets):
                 colour_into(colouring, labels, target)
+        symmetry = None
+        if data.dihedral:
+            symmetry = (int(rng.integers(4)), bool(rng.integers(2)))
+            images, targets = dihedral(images, *symmetry), dihedral(targets, *symmetry)
         source = {
             "dataset": dataset.name,
             "query": (dataset.cases[query_case], query_slice),
@@ -326,6 +332,7 @@ class EpisodeSampler:
             "slices": {"query": dataset.slices[query_case], "prompts": [dataset.slices[case] for case, _ in prompts]},
             "crops": {"query": tuple(map(int, corners[-1])), "prompts": [tuple(map(int, c)) for c in corners[:-1]]},
             "resize": data.resize,
+            "dihedral": symmetry,  # (quarter turns, transposed first), or None
         }
         return Episode(
             task=task,
@@ -405,6 +412,14 @@ class EpisodeSampler:
             if reader is None:
                 raise KeyError(f"{dataset.name}/{case} has no {role} array")
         return reader.read(index) if isinstance(reader, SliceReader) else reader[index]
+
+
+def dihedral(images: np.ndarray, quarter_turns: int, transposed: bool) -> np.ndarray:
+    """(n, s, s) images, each transposed (when asked) then turned `quarter_turns` x 90 degrees: the
+    eight symmetries of the square, as one contiguous copy."""
+    if transposed:
+        images = images.transpose(0, 2, 1)
+    return np.ascontiguousarray(np.rot90(images, quarter_turns, axes=(1, 2)))
 
 
 def _classes_in(labels: np.ndarray, candidates: list[int]) -> set[int]:

@@ -15,7 +15,7 @@ from scipy import ndimage
 from benchmarks.png_baseline import PngEpisodeSource, export_pngs
 from mvg.colouring import Colouring
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
-from mvg.episodes import EpisodeSampler, EpisodeStream, collate, resized_crop
+from mvg.episodes import EpisodeSampler, EpisodeStream, collate, dihedral, resized_crop
 from storage.ingest import IngestOptions, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import write_phantoms
@@ -226,6 +226,33 @@ def test_same_seed_and_rank_repeat_other_ranks_differ(store):
     fresh = sampler(store, replace(DATA, prompts=2), seed=99)
     fresh.load_state_dict(state)
     assert [fresh.sample().source for _ in range(20)] == [e.source for e in first[10:]]
+
+
+def test_dihedral_draws_each_of_the_eight_symmetries_and_applies_it_to_the_whole_episode(store):
+    """The first draw of a seed is the same episode with and without the symmetry (it is drawn
+    last), so the transformed one must be the plain one turned: every prompt and the query alike."""
+    seen = set()
+    for seed in range(40):
+        plain = sampler(store, replace(DATA, prompts=2), seed=seed).sample()
+        turned = sampler(store, replace(DATA, prompts=2, dihedral=True), seed=seed).sample()
+        assert plain.source["dihedral"] is None
+        symmetry = turned.source.pop("dihedral")
+        plain.source.pop("dihedral")
+        assert turned.source == plain.source and turned.colouring == plain.colouring
+        for name in ("prompt_images", "prompt_targets"):
+            assert np.array_equal(getattr(turned, name), dihedral(getattr(plain, name), *symmetry))
+        for name in ("query_image", "query_target"):
+            assert np.array_equal(getattr(turned, name), dihedral(getattr(plain, name)[None], *symmetry)[0])
+        seen.add(symmetry)
+    assert seen == {(turns, transposed) for turns in range(4) for transposed in (False, True)}
+
+
+def test_dihedral_symmetries_are_the_eight_distinct_maps_of_the_square():
+    square = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    images = {dihedral(square, turns, transposed).tobytes() for turns in range(4) for transposed in (False, True)}
+    assert len(images) == 8
+    assert np.array_equal(dihedral(square, 1, False)[0], np.rot90(square[0]))
+    assert np.array_equal(dihedral(square, 0, True)[0], square[0].T)
 
 
 def test_collate_shapes_and_flags(store):

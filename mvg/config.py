@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
 DECODERS = ("paper", "unet")
-DATASET_WEIGHTINGS = ("uniform", "sqrt-slices")
+DATASET_WEIGHTINGS = ("uniform", "sqrt-slices", "slices")
 SLOT_SHARES = ("learned", "task")
 SLOT_INFERENCES = ("soft", "argmax")
 RESIDUAL_FORMS = ("add", "blend")
@@ -156,7 +156,8 @@ class DataConfig:
     # the store is at the model's size the crop is the whole slice and moves nothing: the 26
     # low-dose CT pairs and one inpainting volume of the real store are then seen only as stored.
     dihedral: bool = False
-    # a task's datasets drawn "uniform" (paper) or "sqrt-slices": by the square root of their slices
+    # a task's datasets drawn "uniform" (paper), "sqrt-slices" (by the square root of their
+    # training slices) or "slices" (in proportion to them: every training slice of a task alike)
     dataset_weighting: str = "uniform"
 
     def __post_init__(self):

@@ -7,7 +7,7 @@ the model's image size. `EpisodeSampler.sample()` draws one in the paper's order
    (segmentation 0.5, the rest share 0.5);
 2. a dataset of that task, uniformly (the paper), or with `DataConfig.dataset_weighting =
    "sqrt-slices"` in proportion to the square root of its training slices, so a four-image set
-   is not drawn as often as a 1,300-slice one;
+   is not drawn as often as a 1,300-slice one ("slices": in proportion to them);
 3. the training path: "mim" or "ar" from `ObjectiveConfig` (segmentation is all AR in the paper);
 4. a query case, uniformly, and a slice of it: with probability `foreground_probability` one that
    holds foreground (segmentation: labelled classes; inpainting: a region to fill), else any slice;
@@ -289,7 +289,9 @@ class EpisodeSampler:
         candidates = self.by_task[task]
         if self.data.dataset_weighting == "uniform":
             return int(rng.integers(len(candidates)))
-        sizes = np.sqrt([sum(d.slices) for d in candidates])  # "sqrt-slices"
+        sizes = np.array([sum(d.slices) for d in candidates], dtype=np.float64)
+        if self.data.dataset_weighting == "sqrt-slices":
+            sizes = np.sqrt(sizes)
         return int(np.searchsorted(np.cumsum(sizes / sizes.sum()), rng.random(), side="right").clip(max=len(candidates) - 1))
 
     def sample(self) -> Episode:

@@ -188,11 +188,12 @@ def test_task_and_path_mix_follow_the_config(store):
     assert all(e.mode == "mim" for e in mim_segmentation)
 
 
-def test_sqrt_slices_weighting_draws_datasets_by_the_root_of_their_size(store):
-    source = sampler(store, data=replace(DATA, dataset_weighting="sqrt-slices"), seed=5, include_detection=True)
+@pytest.mark.parametrize("weighting, power", [("sqrt-slices", 0.5), ("slices", 1.0)])
+def test_slice_weightings_draw_datasets_by_their_size_to_a_power(store, weighting, power):
+    source = sampler(store, data=replace(DATA, dataset_weighting=weighting), seed=5, include_detection=True)
     sizes = {d.name: sum(d.slices) for d in source.by_task["segmentation"]}
     assert len(set(sizes.values())) > 1, sizes  # the test needs datasets of different sizes
-    expected = {name: np.sqrt(n) / sum(np.sqrt(list(sizes.values()))) for name, n in sizes.items()}
+    expected = {name: n**power / sum(m**power for m in sizes.values()) for name, n in sizes.items()}
     drawn = Counter(e.dataset for e in episodes_of(source, 1500, "segmentation", limit=20000))
     for name, share in expected.items():
         assert abs(drawn[name] / 1500 - share) < 0.04, (name, drawn, expected)

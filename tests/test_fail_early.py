@@ -39,7 +39,7 @@ TINY = ["--set", "model.depth=2", "--set", "model.embed_dim=96", "--set", "model
         ("objective.colouring=rainbow", "objective.colouring: expected one of binary, predefined, random, got 'rainbow'"),
         ("model.decoder=resnet", "model.decoder 'resnet' is not one of paper, unet"),
         ("model.slot_share=half", "model.slot_share 'half' is not one of learned, task"),
-        ("data.dataset_weighting=cubic", "data.dataset_weighting 'cubic' is not one of uniform, sqrt-slices"),
+        ("data.dataset_weighting=cubic", "data.dataset_weighting 'cubic' is not one of uniform, sqrt-slices, slices"),
         ("optim.nope=3", "optim has no setting 'nope'"),
     ],
 )

@@ -220,10 +220,8 @@ PRESETS: dict[str, MVGConfig] = {
     # quality"): the unet decoder over the pair's own image, the prompt read-out (the only change
     # that beat copy-prompt on ACDC at 1,200 steps) and the gated image residual (phantom denoising
     # 26.4 -> 29.1 dB against identity's 28.6). Segmentation's unprompted Py_1 is left out of the
-    # loss (its random colours cannot be known), and a task's datasets are drawn by their slices
-    # (below), so the four-image releases of the real store are not drawn as often as ACDC's 1,300
-    # slices. The slot read-out (16 slots, segmentation painted in them, images by
-    # regression) with its likelihood at 0.01 took the 30-minute real benchmark's ACDC from 0.092 to
+    # loss (its random colours cannot be known). The slot read-out (16 slots, segmentation painted
+    # in them, images by regression) with its likelihood at 0.01 took the 30-minute real benchmark's ACDC from 0.092 to
     # 0.356 mIoU and JSRT from 0.403 to 0.868 (copy-prompt 0.121 / 0.594); at 0.05 it starved the
     # image tasks harder for less segmentation (README, "Model quality on real data"). Image
     # pixels the target leaves unchanged weigh 0.1 (inpainting inside its mask 2.99 -> 10.9 dB
@@ -231,7 +229,7 @@ PRESETS: dict[str, MVGConfig] = {
     # (ACDC 0.407 -> 0.464, MS-CMRSeg 0.437 -> 0.505), both on the same benchmark. The run
     # under-fits (held-out training cases score about as the test split), so the peak lr is 2e-3
     # (every real figure rose: ACDC 0.464 -> 0.480, low-dose CT +0.50 -> +0.80 dB, synthesis
-    # +2.48 -> +3.29 dB) and a task's datasets are drawn by their slices, not its square root, which
+    # +2.48 -> +3.29 dB) and a task's datasets are drawn by their slices, not their square root, which
     # gives the large sets the benchmark scores most of the episodes (ACDC 0.480 -> 0.526,
     # MS-CMRSeg 0.521 -> 0.569, low-dose CT +0.80 -> +1.17 dB).
     "tiny-cpu": MVGConfig(

@@ -237,6 +237,7 @@ class EpisodeSampler:
         weights = np.array([data.task_weights[task] for task in self.tasks], dtype=np.float64)
         self.task_probabilities = {t: float(w) for t, w in zip(self.tasks, weights / weights.sum())}
         self._cumulative = np.cumsum(weights / weights.sum())
+        self._dataset_cumulative = {task: self._dataset_shares(datasets) for task, datasets in self.by_task.items()}
         self._readers: dict[tuple[str, str, str], object] = {}
 
     def _describe(self, dataset: StoredDataset, include_detection: bool) -> _Dataset | None:
@@ -289,10 +290,16 @@ class EpisodeSampler:
         candidates = self.by_task[task]
         if self.data.dataset_weighting == "uniform":
             return int(rng.integers(len(candidates)))
-        sizes = np.array([sum(d.slices) for d in candidates], dtype=np.float64)
+        cumulative = self._dataset_cumulative[task]
+        return int(np.searchsorted(cumulative, rng.random(), side="right").clip(max=len(candidates) - 1))
+
+    def _dataset_shares(self, datasets: list[_Dataset]) -> np.ndarray:
+        """The cumulative draw probabilities of one task's datasets under a slice weighting, fixed
+        once the sampler knows its datasets."""
+        sizes = np.array([sum(d.slices) for d in datasets], dtype=np.float64)
         if self.data.dataset_weighting == "sqrt-slices":
             sizes = np.sqrt(sizes)
-        return int(np.searchsorted(np.cumsum(sizes / sizes.sum()), rng.random(), side="right").clip(max=len(candidates) - 1))
+        return np.cumsum(sizes / sizes.sum())
 
     def sample(self) -> Episode:
         """One episode. `source` records where it came from: dataset, query and prompts as

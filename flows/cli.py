@@ -22,10 +22,6 @@ from storage.home import mvg_home, store_root
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Prefect starts a temporary local server when none is configured; keep it quiet and private.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # its 20 s start-up limit is too short on a busy 2-core machine (seen while Dask and Ray ran)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.home:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
+import subprocess
 import sys
 import tomllib
 from importlib import metadata
@@ -64,3 +66,19 @@ def test_every_imported_package_is_declared(folder, allowed):
         if not {canonicalize_name(name) for name in distributions.get(module, [module])} & allowed
     }
     assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+
+
+def test_prefect_runs_offline_from_any_entry_point():
+    """A benchmark or a user's script that imports a flow without the CLI still gets Prefect with its
+    telemetry off (the temporary server would otherwise try the network) and the longer start-up
+    limit a busy 2-core machine needs."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_SERVER_")}
+    probe = (
+        "import flows.ablate\n"
+        "from prefect.settings import get_current_settings\n"
+        "server = get_current_settings().server\n"
+        "print(server.analytics_enabled, server.ephemeral.startup_timeout_seconds)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "120"]

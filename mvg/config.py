@@ -159,10 +159,17 @@ class DataConfig:
     # a task's datasets drawn "uniform" (paper), "sqrt-slices" (by the square root of their
     # training slices) or "slices" (in proportion to them: every training slice of a task alike)
     dataset_weighting: str = "uniform"
+    # A departure from the paper: this share of the inpainting episodes is cut from the store's
+    # other volumes of the inpainting datasets' region and modality, each full slice voided under
+    # an inpainting mask moved by a random shift and mirror (mvg.holes): a one-volume inpainting
+    # release otherwise teaches that volume's fill, not inpainting (0 = off)
+    hole_episodes: float = 0.0
 
     def __post_init__(self):
         if self.dataset_weighting not in DATASET_WEIGHTINGS:
             raise ValueError(f"data.dataset_weighting {self.dataset_weighting!r} is not one of {', '.join(DATASET_WEIGHTINGS)}")
+        if not 0.0 <= self.hole_episodes <= 1.0:
+            raise ValueError(f"data.hole_episodes is a share of the inpainting episodes, in [0, 1], not {self.hole_episodes}")
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mvg.colouring import LOOKUP_LIMIT, Colouring, PredefinedTable, colouring_for
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
+from mvg.holes import HoleCutter, void
 from mvg.pixels import unit_float
 from storage.location import Location
 from storage.shards import SliceReader
@@ -239,6 +240,8 @@ class EpisodeSampler:
         self._cumulative = np.cumsum(weights / weights.sum())
         self._dataset_cumulative = {task: self._dataset_shares(datasets) for task, datasets in self.by_task.items()}
         self._readers: dict[tuple[str, str, str], object] = {}
+        every = [d for datasets in self.by_task.values() for d in datasets]
+        self._holes = HoleCutter(self.by_task.get("inpainting", []), every) if data.hole_episodes else None
 
     def _describe(self, dataset: StoredDataset, include_detection: bool) -> _Dataset | None:
         spec = dataset.spec
@@ -304,21 +307,21 @@ class EpisodeSampler:
     def sample(self) -> Episode:
         """One episode. `source` records where it came from: dataset, query and prompts as
         (case, slice), their slice counts, and each pair's crop corner (top, left) in the image
-        resized to `data.resize`."""
+        resized to `data.resize`; a cut inpainting episode also its hole (`mvg.holes`)."""
         rng, data = self.rng, self.data
         task = self.tasks[min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.tasks) - 1)]
         candidates = self.by_task[task]
         dataset = candidates[self._dataset_index(task, rng)]
         fraction = self.objective.segmentation_mim_fraction if task == "segmentation" else self.objective.mim_fraction
         mode = "mim" if rng.random() < fraction else "ar"
+        if task == "inpainting" and self._holes and rng.random() < data.hole_episodes:
+            return self._cut_episode(mode)
 
         query_case = int(rng.integers(len(dataset.cases)))
         query_slice = self._query_slice(dataset, query_case, task)
         prompts = self._prompts(dataset, query_case, query_slice, task)
-        span = data.resize - data.crop + 1
-        corners = rng.integers(span, size=(len(prompts) + 1, 2))
-
         chosen = [*prompts, (query_case, query_slice)]
+        corners = self._corners(len(chosen))
         images = np.empty((len(chosen), data.crop, data.crop), dtype=np.float32)
         targets = np.empty_like(images)
         label_crops = [
@@ -330,19 +333,58 @@ class EpisodeSampler:
             colouring = self._colouring(dataset, chosen, label_crops)
             for labels, target in zip(label_crops, targets):
                 colour_into(colouring, labels, target)
+        return self._episode(task, mode, dataset, chosen, corners, images, targets, colouring)
+
+    def _cut_episode(self, mode: str) -> Episode:
+        """An inpainting episode cut from a volume of the inpainting datasets' region and modality:
+        each pair's full slice is its target, and the same slice with the episode's hole at 0 its
+        input (`DataConfig.hole_episodes`, `mvg.holes`)."""
+        data = self.data
+        source, holes, chosen = self._holes.draw(self.rng, data.crop, data.prompts)
+        dataset = source.dataset
+        corners = self._corners(len(chosen))
+        images = np.empty((len(chosen), data.crop, data.crop), dtype=np.float32)
+        targets = np.empty_like(images)
+        for j, ((case, index), (top, left)) in enumerate(zip(chosen, corners)):
+            full = self._read(dataset, dataset.cases[case], source.role, index)
+            resized_crop(full, data.resize, int(top), int(left), data.crop, out=targets[j])
+            stored_mask = holes.mask_at((index + 0.5) / dataset.slices[case], self._read)
+            mask = resized_crop(stored_mask, data.resize, int(top), int(left), data.crop, labels=True)
+            void(targets[j], holes.moved(mask), images[j])
+        hole = {
+            "from": f"{dataset.name}/{source.role}",
+            "mask": f"{holes.masks.name}/{holes.masks.cases[holes.mask_case]}",
+            "shift": holes.shift,
+            "mirrored": holes.mirrored,
+        }
+        return self._episode("inpainting", mode, dataset, chosen, corners, images, targets, None, hole)
+
+    def _corners(self, pairs: int) -> np.ndarray:
+        """Each pair's random crop corner (top, left) in the image resized to `data.resize`."""
+        return self.rng.integers(self.data.resize - self.data.crop + 1, size=(pairs, 2))
+
+    def _episode(
+        self, task: str, mode: str, dataset: _Dataset, chosen: list[tuple[int, int]], corners: np.ndarray,
+        images: np.ndarray, targets: np.ndarray, colouring: Colouring | None, hole: dict | None = None,
+    ) -> Episode:
+        """The episode of these pairs (k prompts, then the query), turned by a symmetry of the
+        square when `data.dihedral` asks, with its provenance."""
         symmetry = None
-        if data.dihedral:
-            symmetry = (int(rng.integers(4)), bool(rng.integers(2)))
+        if self.data.dihedral:
+            symmetry = (int(self.rng.integers(4)), bool(self.rng.integers(2)))
             images, targets = dihedral(images, *symmetry), dihedral(targets, *symmetry)
+        prompts, (query_case, query_slice) = chosen[:-1], chosen[-1]
         source = {
             "dataset": dataset.name,
             "query": (dataset.cases[query_case], query_slice),
             "prompts": [(dataset.cases[case], index) for case, index in prompts],
             "slices": {"query": dataset.slices[query_case], "prompts": [dataset.slices[case] for case, _ in prompts]},
             "crops": {"query": tuple(map(int, corners[-1])), "prompts": [tuple(map(int, c)) for c in corners[:-1]]},
-            "resize": data.resize,
+            "resize": self.data.resize,
             "dihedral": symmetry,  # (quarter turns, transposed first), or None
         }
+        if hole is not None:
+            source["hole"] = hole
         return Episode(
             task=task,
             dataset=dataset.name,

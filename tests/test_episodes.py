@@ -16,6 +16,7 @@ from benchmarks.png_baseline import PngEpisodeSource, export_pngs
 from mvg.colouring import Colouring
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
 from mvg.episodes import EpisodeSampler, EpisodeStream, collate, dihedral, resized_crop
+from mvg.holes import Holes
 from storage.ingest import IngestOptions, ingest
 from storage.layouts import plan_dataset
 from storage.phantoms import write_phantoms
@@ -256,6 +257,52 @@ def test_dihedral_symmetries_are_the_eight_distinct_maps_of_the_square():
     assert np.array_equal(dihedral(square, 0, True)[0], square[0].T)
 
 
+def test_cut_hole_episodes_void_slices_of_brain_mri_under_one_moved_inpainting_mask(store):
+    """Every inpainting episode cut (hole_episodes=1): each pair's target is a stored full slice of
+    a brain MRI training case (the synthesis phantoms' either contrast, or the inpainting phantoms'
+    own full image), its input that slice at 0 under the inpainting mask at the pair's relative
+    depth, mirrored and shifted as the episode says; the query's depth holds a hole."""
+    stored = ZarrStore(store)
+    crop = DATA.crop
+    froms = Counter()
+    for episode in episodes_of(sampler(store, replace(DATA, prompts=2, hole_episodes=1.0), seed=5), 60, "inpainting"):
+        hole = episode.source["hole"]
+        froms[hole["from"]] += 1
+        name, role = hole["from"].split("/")
+        mask_name, mask_case = hole["mask"].split("/")
+        masks = stored.dataset(mask_name).array(mask_case, "mask")
+        pairs = [*zip(episode.source["prompts"], episode.source["crops"]["prompts"], episode.prompt_images, episode.prompt_targets)]
+        pairs.append((episode.source["query"], episode.source["crops"]["query"], episode.query_image, episode.query_target))
+        for (case, z), (top, left), image, target in pairs:
+            assert case in stored.dataset(name).cases("train")
+            full = stored.dataset(name).array(case, role)
+            assert np.array_equal(target, resized_crop(full[z], SIZE, top, left, crop))
+            at_depth = masks[min(int((z + 0.5) / full.shape[0] * masks.shape[0]), masks.shape[0] - 1)]
+            mask = resized_crop(at_depth, SIZE, top, left, crop, labels=True)
+            mask = np.fliplr(mask) if hole["mirrored"] else mask
+            mask = ndimage.shift(mask, hole["shift"], order=0, cval=0)
+            assert np.array_equal(image, np.where(mask > 0, 0.0, target))
+        assert at_depth.any()  # the query's slice of the mask volume holds a hole
+    assert {f.split("/")[0] for f in froms} == {"synthesis", "inpainting"}, froms
+    assert {f.split("/")[1] for f in froms if f.startswith("synthesis")} == {"image", "target"}
+
+
+def test_hole_episodes_are_their_share_of_the_inpainting_episodes_and_off_by_default(store):
+    for share, low, high in ((0.0, 0.0, 0.0), (0.5, 0.35, 0.65)):
+        episodes = episodes_of(sampler(store, replace(DATA, hole_episodes=share), seed=1), 150, "inpainting")
+        cut = sum("hole" in e.source for e in episodes) / len(episodes)
+        assert low <= cut <= high, (share, cut)
+
+
+def test_a_hole_moves_by_its_shift_after_its_mirror():
+    mask = np.zeros((5, 5), dtype=np.uint8)
+    mask[0, 0] = mask[1, 0] = 1
+    moved = Holes(masks=None, mask_case=0, shift=(2, -1), mirrored=True).moved(mask)
+    assert moved.dtype == mask.dtype and sorted(zip(*np.nonzero(moved))) == [(2, 3), (3, 3)]  # mirrored to column 4, then 2 down, 1 left
+    assert not Holes(None, 0, (0, 1), True).moved(mask).any()  # mirrored to column 4, then pushed off the square
+    assert sorted(zip(*np.nonzero(Holes(None, 0, (-1, 3), False).moved(mask)))) == [(0, 3)]  # row 0 left the square
+
+
 def test_collate_shapes_and_flags(store):
     episodes = episodes_of(sampler(store, replace(DATA, prompts=2), seed=1), 6)
     batch = collate(episodes)
@@ -333,3 +380,5 @@ def test_refuses_bad_configuration(store):
         sampler(store, rank=2, world_size=2)
     with pytest.raises(ValueError, match="no dataset"):
         sampler(store, split="validation")
+    with pytest.raises(ValueError, match="hole_episodes"):
+        DataConfig(hole_episodes=1.5)

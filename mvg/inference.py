@@ -45,6 +45,14 @@ Our decisions where the paper is silent:
   colourisation); `per_class` overrides what the model was trained with.
 - Tasks. `MVG.predict` is always told the task: some models paint segmentation differently from
   the image tasks (`model.slot_share="task"`).
+- Known pixels (`model.keep_known_pixels`, a departure from the paper, which paints every pixel).
+  An inpainting input is its target with the region to fill at 0 (the releases' voided value), so
+  every other pixel of it is known exactly; such a model's painting fills only the input's zero
+  pixels and their neighbours (a resized void blends into its edge pixels), at the query's own
+  size, and passes the rest through, as inpainting tools composite their output. A background
+  pixel is 0 too and is painted, as it would be anyway. Measured on the real benchmark's model: the
+  whole image +1.0 dB, inside the mask unchanged; without the neighbours, the blended edge pixels
+  kept cost 1 dB inside the mask.
 """
 
 from __future__ import annotations
@@ -198,7 +206,8 @@ def paint_volume(
         # few distinct prompts and MVG.predict encodes each of them once
         for start in range(0, depth, batch_size):
             rows = range(start, min(start + batch_size, depth))
-            queries = resize_images(image_tensor(unit_float(query[rows.start : rows.stop]), device), size)
+            query_pixels = image_tensor(unit_float(query[rows.start : rows.stop]), device)
+            queries = resize_images(query_pixels, size)
             painted_passes = []
             for pass_colouring, levels in passes:
                 pairs = [
@@ -224,6 +233,8 @@ def paint_volume(
             else:
                 prediction = painted_passes[0][0][:, None]
                 prediction = resize_images(prediction.float(), (height, width)).clamp(0, 1)[:, 0]
+                if task == "inpainting" and model.config.keep_known_pixels:
+                    prediction = keep_known_pixels(query_pixels, prediction[:, None])[:, 0]
             painted[rows.start : rows.stop] = prediction.cpu().numpy()
             if on_batch is not None:
                 on_batch(len(rows))
@@ -388,6 +399,14 @@ def _refuse_vanishing_foreground(prompt_targets: np.ndarray, size: int) -> None:
             f"the prompt targets' foreground vanishes when resized to the model's {size} px; "
             "choose prompts where the structure is larger"
         )
+
+
+def keep_known_pixels(query: torch.Tensor, painted: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) inpainting queries and their paintings -> the painting inside the void (the
+    query's zero pixels, widened by one pixel) and the query everywhere else. The widening: a void
+    resized by a store or a scanner blends into its edge pixels, which are neither 0 nor known."""
+    void = F.max_pool2d((query == 0).float(), kernel_size=3, stride=1, padding=1) > 0
+    return torch.where(void, painted, query)
 
 
 # ------------------------------------------------------------------------------ tensors

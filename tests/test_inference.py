@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from mvg.config import preset
 from mvg.evaluation import copy_prompt
@@ -101,7 +102,7 @@ def test_resizing_down_and_back_up_keeps_pixel_aligned_labels():
 
 def test_copying_the_prompt_for_synthesis_returns_its_image():
     target = images(1, 64, 64, seed=3)
-    painted = paint(CopyPrompt(CONFIG), images(1, 64, 64), target, images(2, 64, 64, seed=1), task="inpainting")
+    painted = paint(CopyPrompt(CONFIG), images(1, 64, 64), target, images(2, 64, 64, seed=1), task="synthesis")
     np.testing.assert_allclose(painted, np.repeat(target, 2, axis=0), atol=1e-6)
 
 
@@ -175,3 +176,22 @@ def test_several_classes_resized_back_invent_no_class_along_edges():
     down = torch.nn.functional.interpolate(torch.from_numpy(prompt)[:, None].float(), size=(64, 64), mode="nearest-exact")
     expected = torch.nn.functional.interpolate(down, size=(80, 80), mode="nearest-exact")[0, 0].long().numpy()
     assert np.array_equal(painted[0], expected) and np.array_equal(painted[1], expected)
+
+
+def test_keeping_known_pixels_paints_only_an_inpainting_query_s_void(model):
+    """With `keep_known_pixels` an inpainting query's pixels come back as they were, at the query's
+    own size, but for its zero pixels (the void) and their neighbours, which are painted; other
+    tasks paint every pixel."""
+    queries = images(2, 90, 90, seed=1) * 0.9 + 0.1
+    queries[:, 30:60, 20:50] = 0.0  # the void
+    prompts, prompt_targets = images(1, 50, 70), images(1, 50, 70, seed=2)
+    keeping, painting_all = (MVG(CONFIG.with_overrides(model={"keep_known_pixels": keep})) for keep in (True, False))
+    keeping.load_state_dict(model.state_dict())
+    painting_all.load_state_dict(model.state_dict())
+    painted = paint(keeping, prompts, prompt_targets, queries, task="inpainting")
+    plain = paint(painting_all, prompts, prompt_targets, queries, task="inpainting")
+    void = ndimage.binary_dilation(queries == 0, structure=np.ones((1, 3, 3)))  # and its blended edge
+    assert np.array_equal(painted[~void], queries[~void])
+    assert np.array_equal(painted[void], plain[void]) and not np.array_equal(plain[~void], queries[~void])
+    assert np.array_equal(paint(keeping, prompts, prompt_targets, queries, task="denoising"),
+                          paint(painting_all, prompts, prompt_targets, queries, task="denoising"))

@@ -21,6 +21,10 @@ the model's image size. `EpisodeSampler.sample()` draws one in the paper's order
 8. with `DataConfig.dihedral` (a departure from the paper), one of the square's eight symmetries
    for the whole episode: every image and target of it is flipped and turned alike.
 
+With `DataConfig.hole_episodes` (a departure from the paper), that share of the inpainting episodes
+is cut instead of read, after step 3: full slices of another volume of the inpainting datasets'
+region and modality, voided under a moved inpainting mask (`mvg.holes`).
+
 Resize and crop are one step: only the pixels of the crop window are interpolated, straight from
 the stored slice, and float16 becomes float32 only on the crop. The sampler uses numpy alone (no
 torch), so it is cheap to test and to run in DataLoader workers; `collate` and `EpisodeStream`

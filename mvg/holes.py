@@ -42,8 +42,7 @@ class Holes:
 
     def mask_at(self, depth: float, read: Callable[[object, str, str, int], np.ndarray]) -> np.ndarray:
         """The mask slice at relative `depth` in [0, 1), as stored."""
-        slices = self.masks.slices[self.mask_case]
-        index = min(int(depth * slices), slices - 1)
+        index = _slice_at(depth, self.masks.slices[self.mask_case])
         return read(self.masks, self.masks.cases[self.mask_case], self.masks.stored.spec.label_role, index)
 
     def moved(self, mask: np.ndarray) -> np.ndarray:
@@ -66,6 +65,8 @@ class HoleCutter:
         """`inpainting`: the sampler's inpainting datasets (their masks give the holes); `others`:
         every dataset it holds, whatever its task (the candidates to cut from)."""
         self.masks = [d for d in inpainting if any(len(f) for f in d.foreground)]
+        # per mask dataset, the cases whose mask volume holds a hole somewhere
+        self._holding_cases = [[c for c, f in enumerate(d.foreground) if len(f)] for d in self.masks]
         kinds = {(d.stored.spec.region, d.stored.spec.modality) for d in self.masks}
         self.sources = [
             HoleSource(d, role)
@@ -85,8 +86,9 @@ class HoleCutter:
         sits at the relative depth of a mask slice that holds a hole; prompts come from other cases
         at the same depth, or, in a one-case source, from other slices whose depth holds a hole too."""
         source = self.sources[min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.sources) - 1)]
-        masks = self.masks[int(rng.integers(len(self.masks)))]
-        mask_case = int(rng.choice([c for c, f in enumerate(masks.foreground) if len(f)]))
+        chosen_masks = int(rng.integers(len(self.masks)))
+        masks = self.masks[chosen_masks]
+        mask_case = int(rng.choice(self._holding_cases[chosen_masks]))
         holding = masks.foreground[mask_case]
         mask_slices = masks.slices[mask_case]
         reach = crop // 4

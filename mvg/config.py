@@ -126,6 +126,10 @@ class ObjectiveConfig:
     # paper); below 1 the region inpainting fills is not drowned by the copied rest
     unchanged_weight: float = 1.0
     colouring: str = "random"  # binary | predefined | random
+    # Pre-defined colouring only: the (dataset, number of classes) table training coloured with,
+    # filled in by training from its store (mvg.train) and saved with the model, so evaluation
+    # colours a dataset's prompts with the levels that dataset was trained on
+    colour_table: tuple[tuple[str, int], ...] = ()
     # Loss weight of segmentation targets painted with no prompt before them: Py_1 of the
     # autoregressive sequence, predicted from Px_1 alone. Its colours are drawn per episode, so
     # nothing in the input says them; the paper keeps it (1.0), which rewards painting the mean level.
@@ -204,6 +208,8 @@ class MVGConfig:
         objective = dict(data.get("objective", {}))
         if "mask_ratio" in objective:
             objective["mask_ratio"] = tuple(objective["mask_ratio"])
+        if "colour_table" in objective:  # JSON gives lists
+            objective["colour_table"] = tuple((str(name), int(count)) for name, count in objective["colour_table"])
         return cls(
             name=data["name"],
             model=ModelConfig(**data["model"]),

@@ -221,8 +221,10 @@ class EpisodeSampler:
         self.rng = np.random.default_rng([seed, rank, worker])
         stored = open_datasets(store_roots)
         # the colour table spans every segmentation dataset found, whatever the split or the
-        # `datasets` filter, so the same store always gives a class the same colour
-        self.table = predefined_table(stored, include_detection)
+        # `datasets` filter, so the same store always gives a class the same colour; a table the
+        # objective already holds (a model fine-tuned on a few of its datasets) is kept as it was
+        given = objective.colour_table
+        self.table = PredefinedTable(tuple(given)) if given else predefined_table(stored, include_detection)
         if datasets is not None:
             known = {d.name for d in stored}
             missing = sorted(set(datasets) - known)

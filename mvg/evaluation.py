@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mvg.colouring import Colouring
 from mvg.config import TASKS
-from mvg.inference import image_tensor, paint_volume, prompt_slice_index, resize_images
+from mvg.inference import image_tensor, paint_volume, prompt_slice_index, resize_images, trained_colouring
 from mvg.metrics import SSIM_BORDER, dice_per_class, iou_per_class, mae, mean_over_classes, psnr, ssim
 from mvg.model import MVG
 from mvg.montage import prediction_montage
@@ -165,12 +166,14 @@ def evaluate_dataset(
 
     classes = sorted(int(value) for value in spec.classes if int(value) != 0)
     paint = partial(paint_volume, model, batch_size=batch_size, device=device, classes=classes or None, decode=decode, per_class=per_class)
+    # a pre-defined-colour model is shown the levels it was trained to give this dataset's classes
+    colour = partial(trained_colouring, model, dataset.name)
     rows: list[dict] = []
     failed: list[dict] = []
     montage = None
     for index, case in enumerate(tests):
         try:
-            case_rows, case_montage = _evaluate_case(paint, dataset, case, index, training, classes, draws, shots, seed)
+            case_rows, case_montage = _evaluate_case(paint, colour, dataset, case, index, training, classes, draws, shots, seed)
         except CorruptShard as error:  # a damaged case is reported; the others are still scored
             failed.append({"dataset": dataset.name, "task": task, "case": case, "reason": str(error)})
             case_rows, case_montage = [], None
@@ -188,6 +191,7 @@ def evaluate_dataset(
 
 def _evaluate_case(
     paint: Callable[..., np.ndarray],
+    colour: Callable[[list[int]], Colouring | None],
     dataset: StoredDataset,
     case: str,
     index: int,
@@ -198,8 +202,8 @@ def _evaluate_case(
     seed: int,
 ) -> tuple[list[dict], np.ndarray]:
     """Every draw of test case number `index`: its rows (model and baseline), and the montage of
-    its first draw. `paint(prompt_images, prompt_targets, query, task)` is the model's
-    `paint_volume`. All or nothing: a damaged shard met in any draw raises before a row is kept."""
+    its first draw. `paint(prompt_images, prompt_targets, query, task, colouring=...)` is the model's
+    `paint_volume`; `colour(classes)` the colouring its prompts get (`trained_colouring`). All or nothing: a damaged shard met in any draw raises before a row is kept."""
     spec = dataset.spec
     task = spec.task
     segmentation = task == "segmentation"
@@ -209,6 +213,7 @@ def _evaluate_case(
     truth = sample.target if segmentation else unit_float(sample.target)
     mask = None if sample.mask is None or task != "inpainting" else sample.mask.astype(bool)
     case_classes = classes or _classes_in(truth)
+    colouring = colour(case_classes) if segmentation else None  # None: the prompt's own colours
     rows: list[dict] = []
     montage = None
     for draw in range(draws):
@@ -218,7 +223,7 @@ def _evaluate_case(
         prompt_images = [unit_float(prompt.image) for prompt in prompts]
         prompt_targets = [prompt.target if segmentation else unit_float(prompt.target) for prompt in prompts]
         predictions = {
-            MODEL: paint(prompt_images, prompt_targets, query, task),
+            MODEL: paint(prompt_images, prompt_targets, query, task, colouring=colouring),
             baseline: copy_prompt(prompt_targets[0], query.shape) if segmentation else identity(query),
         }
         for method, prediction in predictions.items():

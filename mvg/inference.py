@@ -66,7 +66,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mvg.colouring import PALETTE_SIZE, Colouring, binary
+from mvg.colouring import PALETTE_SIZE, Colouring, PredefinedTable, binary
 from mvg.config import TASKS
 from mvg.model import MVG
 from mvg.pixels import unit_float
@@ -114,6 +114,24 @@ def volume_colouring(prompt_targets: Sequence[np.ndarray], classes: Iterable[int
     else:
         values = np.asarray(sorted({int(value) for value in classes}), dtype=np.int64)
     return prompt_colouring(values)
+
+
+def trained_colouring(model: MVG, dataset: str, classes: Iterable[int]) -> Colouring | None:
+    """The levels a model trained with pre-defined colours knows `dataset`'s classes by, from the
+    colour table it was trained with; None for random and binary colouring, whose prompts show
+    their colours (`volume_colouring`). A pre-defined model reads no colour from its prompt, so
+    prompts coloured any other way would be painted in levels it never learnt."""
+    if getattr(model, "colouring", "random") != "predefined":
+        return None
+    table = getattr(model, "colour_table", ())
+    if not table:
+        raise ValueError("this model was trained with pre-defined colours but carries no colour table "
+                         "(objective.colour_table): its datasets' levels are unknown")
+    known = [name for name, _ in table]
+    if dataset not in known:
+        raise ValueError(f"dataset {dataset} has no pre-defined colours in this model (trained on {', '.join(known)}): "
+                         "a pre-defined-colour model paints only the datasets it was trained on")
+    return PredefinedTable(tuple(table)).colouring(dataset, sorted(int(c) for c in classes))
 
 
 # ------------------------------------------------------------------------------ painting

@@ -270,6 +270,8 @@ class MVG(nn.Module):
         super().__init__()
         # how it was taught to read segmentation prompts: binary-trained models paint one class per pass
         self.colouring = config.objective.colouring if isinstance(config, MVGConfig) else "random"
+        # pre-defined colouring: the (dataset, classes) table it was trained with (mvg.train)
+        self.colour_table = config.objective.colour_table if isinstance(config, MVGConfig) else ()
         config = config.model if isinstance(config, MVGConfig) else config  # `MVG(preset("base"))` works too
         self.config = config
         dim = config.embed_dim

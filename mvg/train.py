@@ -61,6 +61,11 @@ class TrainingState:
         fresh initialisation; `cases`: dataset -> the only cases to train on (and then only
         those datasets)."""
         device = torch.device(device)
+        sampler = EpisodeSampler(
+            stores, config.data, config.objective, seed=seed, rank=rank, world_size=world_size,
+            datasets=list(cases) if cases else None, cases=cases,
+        )
+        config = with_colour_table(config, sampler)
         torch.manual_seed(seed)  # the same initial weights on every rank (DDP also broadcasts rank 0's)
         model = MVG(config)
         if initial_weights is not None:
@@ -68,10 +73,6 @@ class TrainingState:
         model = model.to(device).train()
         torch.manual_seed(seed * 1000 + rank + 1)  # then each rank its own dropout / drop-path draws
         optimizer, schedule = make_optimizer(model, config.optim)
-        sampler = EpisodeSampler(
-            stores, config.data, config.objective, seed=seed, rank=rank, world_size=world_size,
-            datasets=list(cases) if cases else None, cases=cases,
-        )
         masking = torch.Generator().manual_seed(seed * 1000 + rank)
         return cls(config, model, optimizer, schedule, sampler, masking, device, seed, rank)
 
@@ -215,6 +216,15 @@ def load_checkpoint(directory: str | Path | None) -> dict | None:
     if path is None or not path.exists():
         return None
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def with_colour_table(config: MVGConfig, sampler: EpisodeSampler) -> MVGConfig:
+    """`config` with the pre-defined colour table its sampler colours with, so that the model and
+    its checkpoints carry it to evaluation; unchanged for the other colourings. A table given in
+    the config (fine-tuning goes on with its model's) is kept: its levels are what the weights know."""
+    if config.objective.colouring != "predefined" or config.objective.colour_table or sampler.table is None:
+        return config
+    return config.with_overrides(objective={"colour_table": sampler.table.datasets})
 
 
 def load_trained(directory: str | Path) -> tuple[MVG, MVGConfig, int]:

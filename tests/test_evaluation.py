@@ -21,6 +21,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from mvg.colouring import PredefinedTable
 from mvg.config import preset
 from mvg.evaluation import (
     COPY_PROMPT,
@@ -334,6 +335,44 @@ def test_copy_prompt_model_scores_exactly_the_copy_prompt_baseline(store):
         assert (ours["case"], ours["draw"]) == (theirs["case"], theirs["draw"])
         assert {k: v for k, v in ours.items() if k != "method"} == {k: v for k, v in theirs.items() if k != "method"}
     assert evaluation.summary[MODEL]["mIoU"] == evaluation.summary[COPY_PROMPT]["mIoU"]
+
+
+class PromptLevels(CopyPrompt):
+    """Copies the prompt, and keeps the grey levels its prompt targets were coloured with."""
+
+    levels: set
+
+    def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
+        self.levels = getattr(self, "levels", set()) | {round(float(v), 5) for v in prompt_targets.unique()}
+        return super().predict(query, prompt_images, prompt_targets, task)
+
+
+def predefined_stand_in(table) -> MVG:
+    config = CONFIG.with_overrides(model={"image_size": STORED_SIZE}, objective={"colouring": "predefined", "colour_table": table})
+    return PromptLevels(config)
+
+
+def test_predefined_model_is_prompted_in_the_colours_it_was_trained_with(store):
+    dataset = store.dataset("phantom-segmentation")
+    classes = sorted(int(c) for c in dataset.spec.classes if int(c))
+    table = (("another-dataset", 2), (dataset.name, max(classes)))  # this dataset's levels sit above the other's
+    model = predefined_stand_in(table)
+    evaluation = evaluate_dataset(model, dataset, draws=1, max_cases=2)
+    trained = PredefinedTable(table).colouring(dataset.name, classes).levels
+    assert model.levels - {0.0} == {round(level, 5) for level in trained.values()}
+    # decoded with the same levels it was prompted in, the copying model scores as the baseline
+    assert evaluation.summary[MODEL]["mIoU"] == evaluation.summary[COPY_PROMPT]["mIoU"]
+    spread = PromptLevels(CONFIG.with_overrides(model={"image_size": STORED_SIZE}))  # random colouring: the spread palette
+    evaluate_dataset(spread, dataset, draws=1, max_cases=2)
+    assert spread.levels != model.levels
+
+
+def test_predefined_model_refuses_a_dataset_it_has_no_colours_for(store):
+    dataset = store.dataset("phantom-segmentation")
+    with pytest.raises(ValueError, match=f"dataset {dataset.name} has no pre-defined colours in this model"):
+        evaluate_dataset(predefined_stand_in((("another-dataset", 2),)), dataset, draws=1, max_cases=1)
+    with pytest.raises(ValueError, match="carries no colour table"):
+        evaluate_dataset(predefined_stand_in(()), dataset, draws=1, max_cases=1)
 
 
 def test_identity_model_scores_exactly_the_identity_baseline(store):

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from mvg.config import preset
+from mvg.episodes import open_datasets, predefined_table
+from mvg.pyfunc import load_weights, save_weights
 from mvg.step import HybridObjective
-from mvg.train import CHECKPOINT_FILE, TrainingState, load_checkpoint, save_checkpoint, train
+from mvg.train import CHECKPOINT_FILE, TrainingState, load_checkpoint, load_trained, save_checkpoint, train
 
 CONFIG = preset("tiny-cpu").with_overrides(
     model={"depth": 2, "embed_dim": 96, "num_heads": 3}, optim={"batch_size": 4, "warmup_steps": 5, "steps": 60}
@@ -108,3 +110,22 @@ def test_gradient_accumulation_matches_one_large_batch(store):
     assert states[0].keys() == states[1].keys()
     for name, gradient in states[0].items():
         assert torch.allclose(gradient, states[1][name], atol=1e-7, rtol=1e-4), name
+
+
+def test_predefined_colours_travel_with_the_model(store, tmp_path):
+    """Training with pre-defined colours writes its colour table into the config it checkpoints and
+    saves, so evaluation prompts each dataset in the levels training gave it; fine-tuning on one
+    dataset keeps the table it started from rather than building a smaller one."""
+    config = CONFIG.with_overrides(objective={"colouring": "predefined"}, optim={"steps": 2})
+    train(config, [store], checkpoint_dir=tmp_path / "run", checkpoint_every=2)
+    model, trained, _ = load_trained(tmp_path / "run")
+    expected = predefined_table(open_datasets([store])).datasets
+    assert expected and trained.objective.colour_table == expected and model.colour_table == expected
+    reloaded, saved = load_weights(save_weights(model, trained, tmp_path / "weights"))
+    assert saved.objective.colour_table == expected and reloaded.colour_table == expected
+    # a model trained on a larger store goes on with its own table, not one of this store's datasets
+    larger = (("another-dataset", 3), *expected)
+    tuned = TrainingState.create(trained.with_overrides(objective={"colour_table": larger}), [store])
+    assert tuned.sampler.table.datasets == larger and tuned.config.objective.colour_table == larger
+    random = TrainingState.create(CONFIG, [store])  # other colourings carry no table
+    assert random.config.objective.colour_table == () and random.model.colour_table == ()

@@ -83,6 +83,12 @@ class ModelConfig:
     # input leaves at 0 (the void) and keeps every other pixel of the input, which is known exactly
     # (mvg.inference); the paper paints, and is scored on, every pixel
     keep_known_pixels: bool = False
+    # Departure from the paper: an inpainting pair's image is shown with its exact-zero pixels (the
+    # void, and the air around the head, which the releases also leave at 0) at this level, outside
+    # the images' [0, 1], in training and at inference alike (mvg.pixels.show_void). At 0, as the
+    # paper, a model taught to fill zeros also fills the air of a denoising or synthesis input,
+    # which is 0 there too and must stay so (0 = off)
+    void_level: float = 0.0
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -93,6 +99,8 @@ class ModelConfig:
             raise ValueError(f"model.residual_form {self.residual_form!r} is not one of {', '.join(RESIDUAL_FORMS)}")
         if self.slot_inference not in SLOT_INFERENCES:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
+        if 0.0 < self.void_level <= 1.0:
+            raise ValueError(f"model.void_level must be 0 (off) or outside the images' range [0, 1], not {self.void_level}")
         for option in ("prompt_readout", "image_residual", "readout_slots", "task_conditioning"):
             if getattr(self, option) and self.decoder != "unet":
                 raise ValueError(f"model.{option} needs model.decoder = 'unet'")

@@ -53,6 +53,10 @@ Our decisions where the paper is silent:
   pixel is 0 too and is painted, as it would be anyway. Measured on the real benchmark's model: the
   whole image +1.0 dB, inside the mask unchanged; without the neighbours, the blended edge pixels
   kept cost 1 dB inside the mask.
+- The void shown apart (`model.void_level`, a departure from the paper). An inpainting pair's
+  images are shown with their zero pixels at that level, after the resize to the model's size,
+  exactly as training showed them (`mvg.step`); the query's known pixels are kept from the
+  unmarked query.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ import torch.nn.functional as F
 from mvg.colouring import PALETTE_SIZE, Colouring, PredefinedTable, binary
 from mvg.config import TASKS
 from mvg.model import MVG
-from mvg.pixels import unit_float
+from mvg.pixels import show_void, unit_float
 
 DECODE_LEVELS = ("prompt", "all")
 
@@ -226,13 +230,15 @@ def paint_volume(
             rows = range(start, min(start + batch_size, depth))
             query_pixels = image_tensor(unit_float(query[rows.start : rows.stop]), device)
             queries = resize_images(query_pixels, size)
+            void_level = model.config.void_level if task == "inpainting" else 0.0  # as training shows it
+            queries = show_void(queries, void_level)
             painted_passes = []
             for pass_colouring, levels in passes:
                 pairs = [
                     _prompt_pair(images, targets, rows, depth, size, device, pass_colouring, levels)
                     for images, targets in zip(prompt_images, prompt_targets)
                 ]
-                shown_images = torch.stack([images for images, _, _ in pairs], dim=1)
+                shown_images = show_void(torch.stack([images for images, _, _ in pairs], dim=1), void_level)
                 shown_targets = torch.stack([targets for _, targets, _ in pairs], dim=1)
                 if cache:
                     prediction = model.predict(queries, shown_images, shown_targets, task)

@@ -1,4 +1,5 @@
-"""Stored pixels -> float32 in [0, 1]: the one conversion training, evaluation and serving share.
+"""Stored pixels -> float32 in [0, 1], the one conversion training, evaluation and serving share,
+and how an inpainting input's void is shown to the model.
 
 It lives alone, with numpy as its only import, because the logged model ships this package without
 the storage layer: `mvg.inference` needs it as much as the episode sampler does.
@@ -34,3 +35,12 @@ def unit_float(pixels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     else:
         np.copyto(out, pixels, casting="same_kind")
     return out
+
+
+
+def show_void(images, level: float):
+    """Inpainting inputs (a torch tensor) as the model is shown them: every pixel at exactly 0 at
+    `level` (`ModelConfig.void_level`; 0 leaves them as they are). Both the void and the air around
+    the anatomy are 0 in the releases; the painting tells them apart by context, as before, but no
+    longer confuses them with the zeros of another task's input."""
+    return images if level == 0 else images.masked_fill(images == 0, level)

@@ -15,6 +15,9 @@ from torch import nn
 from mvg.config import TASKS, ObjectiveConfig
 from mvg.model import MVG, paint_slots
 from mvg.objectives import block_mask, patch_mask_to_pixels, slot_likelihood, target_weights, weighted_smooth_l1
+from mvg.pixels import show_void
+
+INPAINTING = TASKS.index("inpainting")
 
 
 def episode_losses(
@@ -36,19 +39,21 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
     rows, pairs = prompt_images.shape[:2]
     config = model.config
     slot_logits = colours = prompt_slots = None
+    # the model is shown an inpainting input's void at `void_level`; the losses weigh pixels by the raw image
+    shown_prompts, shown_query = _shown_images(prompt_images, query_image, batch["task_index"], config.void_level)
     if is_mim:
         prompt_masks = block_mask(rows * pairs, config.grid, objective.mask_ratio, 0.0, generator).view(rows, pairs, -1)
         query_mask = block_mask(rows, config.grid, objective.mask_ratio, objective.whole_target_probability, generator)
         device = query_image.device
         prompt_masks, query_mask = prompt_masks.to(device), query_mask.to(device)
         prompt_out, query_out = model.forward_mim(
-            prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask, tasks=batch["task_index"]
+            shown_prompts, prompt_targets, shown_query, query_target, prompt_masks, query_mask, tasks=batch["task_index"]
         )
         prompt_pixels = patch_mask_to_pixels(prompt_masks.flatten(0, 1), config.grid, config.patch_size).view_as(prompt_targets)
         query_pixels = patch_mask_to_pixels(query_mask, config.grid, config.patch_size)
     else:
         prompt_out, query_out, slot_logits, colours, prompt_slots = model.forward_ar(
-            prompt_images, prompt_targets, query_image, with_slots=True, tasks=batch["task_index"]
+            shown_prompts, prompt_targets, shown_query, with_slots=True, tasks=batch["task_index"]
         )
         prompt_pixels, query_pixels = torch.ones_like(prompt_targets), torch.ones_like(query_target)
 
@@ -74,6 +79,17 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
             is_segmentation, loss(own, prompt_targets[:, 0], prompt_images[:, 0], 1.0), 0.0
         )
     return losses
+
+
+def _shown_images(prompt_images: torch.Tensor, query_image: torch.Tensor, tasks: torch.Tensor, void_level: float):
+    """The pairs' images as the model is shown them: inpainting rows' voids at `void_level`."""
+    if void_level == 0:
+        return prompt_images, query_image
+    inpainting = (tasks == INPAINTING).to(query_image.device)
+    return (
+        torch.where(inpainting[:, None, None, None, None], show_void(prompt_images, void_level), prompt_images),
+        torch.where(inpainting[:, None, None, None], show_void(query_image, void_level), query_image),
+    )
 
 
 class HybridObjective(nn.Module):

@@ -195,3 +195,30 @@ def test_keeping_known_pixels_paints_only_an_inpainting_query_s_void(model):
     assert np.array_equal(painted[void], plain[void]) and not np.array_equal(plain[~void], queries[~void])
     assert np.array_equal(paint(keeping, prompts, prompt_targets, queries, task="denoising"),
                           paint(painting_all, prompts, prompt_targets, queries, task="denoising"))
+
+
+class ShownQueries(MVG):
+    """Records the queries and prompt images it is asked to paint from."""
+
+    def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
+        self.shown = (query.clone(), prompt_images.clone())
+        return super().predict(query, prompt_images, prompt_targets, task)
+
+
+def test_an_inpainting_void_is_shown_at_the_model_s_void_level(model):
+    """`void_level`: an inpainting query's and prompt's zero pixels reach the model at that level, as
+    in training; a denoising input's zeros reach it as zeros; the known pixels kept are the query's own."""
+    queries = images(2, 64, 64, seed=1) * 0.9 + 0.1
+    queries[:, 20:40, 10:30] = 0.0
+    prompts, prompt_targets = images(1, 64, 64), images(1, 64, 64, seed=2)
+    prompts[:, :8] = 0.0
+    marking = ShownQueries(CONFIG.with_overrides(model={"void_level": -1.0, "keep_known_pixels": True}))
+    marking.load_state_dict(model.state_dict())
+    painted = paint(marking, prompts, prompt_targets, queries, task="inpainting")
+    query, prompt = marking.shown
+    assert torch.equal(query[:, 0] == -1.0, torch.from_numpy(queries == 0))
+    assert bool((prompt[:, 0, 0, :8] == -1.0).all()) and bool((prompt[:, 0, 0, 8:] >= 0).all())
+    assert np.array_equal(painted[:, 45:], queries[:, 45:]), "kept pixels come from the unmarked query"
+    paint(marking, prompts, prompt_targets, queries, task="denoising")
+    query, prompt = marking.shown
+    assert bool((query >= 0).all()) and bool((prompt >= 0).all())

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from mvg.colouring import binary, random_colouring
-from mvg.config import PRESETS, TASKS, ObjectiveConfig, preset
+from mvg.config import PRESETS, TASKS, ModelConfig, ObjectiveConfig, preset
 from mvg.model import MVG, paint_slots, slot_colours
 from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights
 from mvg.step import episode_losses
@@ -513,3 +515,38 @@ def test_prompt_readout_position_prior_starts_as_copy_the_prompt():
     with torch.no_grad():
         assert torch.allclose(model.readout(query, prompts, target)[0, 0], target[0, 0, 0], atol=1e-4)
     assert model.readout.position_prior.requires_grad
+
+
+class ShownImages(MVG):
+    """Records the pair images its training paths are shown."""
+
+    def forward_ar(self, prompt_images, prompt_targets, query_image, with_slots=False, tasks=None):
+        self.shown = (prompt_images.clone(), query_image.clone())
+        return super().forward_ar(prompt_images, prompt_targets, query_image, with_slots, tasks)
+
+    def forward_mim(self, prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask, tasks=None):
+        self.shown = (prompt_images.clone(), query_image.clone())
+        return super().forward_mim(prompt_images, prompt_targets, query_image, query_target, prompt_masks, query_mask, tasks)
+
+
+@pytest.mark.parametrize("is_mim", [False, True])
+def test_training_shows_an_inpainting_void_at_its_level_and_leaves_other_tasks_zeros(is_mim):
+    """With `void_level`, an inpainting episode's images reach the model with their zero pixels at
+    that level; a denoising episode's zeros (a CT window's floor) reach it as zeros; the losses still
+    weigh pixels by the raw image, so the void's weighting is unchanged."""
+    marked = ShownImages(replace(tiny(decoder="unet").config, void_level=-1.0))
+    px, py, x, y = images(2, 1)
+    px[..., 10:20, 10:20] = 0.0
+    x[..., 30:40, 5:25] = 0.0
+    batch = {"prompt_images": px, "prompt_targets": py, "query_image": x, "query_target": y,
+             "is_segmentation": torch.tensor([False, False]), "is_mim": torch.tensor([is_mim, is_mim]),
+             "task_index": torch.tensor([TASKS.index("inpainting"), TASKS.index("denoising")])}
+    episode_losses(marked, batch, ObjectiveConfig(unchanged_weight=0.1), torch.Generator().manual_seed(0))
+    prompts, query = marked.shown
+    assert torch.equal(prompts[0][px[0] == 0], torch.full_like(prompts[0][px[0] == 0], -1.0))
+    assert torch.equal(query[0][x[0] == 0], torch.full_like(query[0][x[0] == 0], -1.0))
+    assert torch.equal(prompts[0][px[0] != 0], px[0][px[0] != 0]) and torch.equal(query[0][x[0] != 0], x[0][x[0] != 0])
+    assert torch.equal(prompts[1], px[1]) and torch.equal(query[1], x[1]), "denoising's zeros stay zeros"
+    assert torch.equal(batch["query_image"], x), "the batch itself is not changed"
+    with pytest.raises(ValueError, match="void_level must be 0"):
+        ModelConfig(void_level=0.5)

@@ -53,6 +53,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from mvg.colouring import LOOKUP_LIMIT, Colouring, PredefinedTable, colouring_for
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
+from mvg.draws import weighted_index
 from mvg.holes import HoleCutter, void
 from mvg.pixels import unit_float
 from storage.location import Location
@@ -299,8 +300,7 @@ class EpisodeSampler:
         candidates = self.by_task[task]
         if self.data.dataset_weighting == "uniform":
             return int(rng.integers(len(candidates)))
-        cumulative = self._dataset_cumulative[task]
-        return int(np.searchsorted(cumulative, rng.random(), side="right").clip(max=len(candidates) - 1))
+        return weighted_index(self._dataset_cumulative[task], rng)
 
     def _dataset_shares(self, datasets: list[_Dataset]) -> np.ndarray:
         """The cumulative draw probabilities of one task's datasets under a slice weighting, fixed
@@ -315,7 +315,7 @@ class EpisodeSampler:
         (case, slice), their slice counts, and each pair's crop corner (top, left) in the image
         resized to `data.resize`; a cut inpainting episode also its hole (`mvg.holes`)."""
         rng, data = self.rng, self.data
-        task = self.tasks[min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.tasks) - 1)]
+        task = self.tasks[weighted_index(self._cumulative, rng)]
         candidates = self.by_task[task]
         dataset = candidates[self._dataset_index(task, rng)]
         fraction = self.objective.segmentation_mim_fraction if task == "segmentation" else self.objective.mim_fraction

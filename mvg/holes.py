@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mvg.draws import weighted_index
+
 # the role an image volume is cut from, per task of the dataset that holds it: an inpainting
 # release's own input is voided already, a segmentation's target is a label map
 IMAGE_ROLES = {"inpainting": ("target",), "segmentation": ("image",), "synthesis": ("image", "target"), "denoising": ("image", "target")}
@@ -85,7 +87,7 @@ class HoleCutter:
         """The source, the hole, and the (case, slice) pairs: k prompts, then the query. The query
         sits at the relative depth of a mask slice that holds a hole; prompts come from other cases
         at the same depth, or, in a one-case source, from other slices whose depth holds a hole too."""
-        source = self.sources[min(int(np.searchsorted(self._cumulative, rng.random(), side="right")), len(self.sources) - 1)]
+        source = self.sources[weighted_index(self._cumulative, rng)]
         chosen_masks = int(rng.integers(len(self.masks)))
         masks = self.masks[chosen_masks]
         mask_case = int(rng.choice(self._holding_cases[chosen_masks]))

@@ -15,6 +15,7 @@ from scipy import ndimage
 from benchmarks.png_baseline import PngEpisodeSource, export_pngs
 from mvg.colouring import Colouring
 from mvg.config import TASKS, DataConfig, ObjectiveConfig
+from mvg.draws import weighted_index
 from mvg.episodes import EpisodeSampler, EpisodeStream, collate, dihedral, resized_crop
 from mvg.holes import Holes
 from storage.ingest import IngestOptions, ingest
@@ -382,3 +383,16 @@ def test_refuses_bad_configuration(store):
         sampler(store, split="validation")
     with pytest.raises(ValueError, match="hole_episodes"):
         DataConfig(hole_episodes=1.5)
+
+
+def test_weighted_index_follows_the_shares_and_stays_in_range():
+    rng = np.random.default_rng(0)
+    shares = np.array([0.2, 0.5, 0.3])
+    drawn = np.bincount([weighted_index(np.cumsum(shares), rng) for _ in range(20_000)], minlength=3) / 20_000
+    np.testing.assert_allclose(drawn, shares, atol=0.015)
+
+    class Top:  # a draw at the top of [0, 1) against a running sum that rounded below 1
+        def random(self):
+            return 0.9999999
+
+    assert weighted_index(np.array([0.5, 0.9999990]), Top()) == 1

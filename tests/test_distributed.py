@@ -107,7 +107,7 @@ def test_train_flow_logs_into_mlflow_and_registers_the_candidate(ray_cluster, ph
     monkeypatch.setenv("MVG_HOME", str(tmp_path))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     summary = train_flow(
-        overrides={"model": {"depth": 2, "embed_dim": 96, "num_heads": 3}, "optim": {"steps": 40, "batch_size": 4, "warmup_steps": 5}},
+        overrides={"model": {"depth": 2, "embed_dim": 96, "num_heads": 3}, "optim": {"steps": 40, "batch_size": 8, "warmup_steps": 5}},
         store=str(phantom_store), workers=2, run_name="flow-run", checkpoint_every=20, log_every=5, sample_every=20,
     )
     assert tracking_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}" and (tmp_path / "mlflow.db").exists()
@@ -116,14 +116,15 @@ def test_train_flow_logs_into_mlflow_and_registers_the_candidate(ray_cluster, ph
     assert run.info.status == "FINISHED" and run.info.run_name == "flow-run"
     params, tags = run.data.params, run.data.tags
     assert params["model.embed_dim"] == "96" and params["optim.steps"] == "40" and params["scaling.workers"] == "2"
-    assert params["global_batch"] == "8" and params["data.crop"] == "64"
+    assert params["global_batch"] == "16" and params["data.crop"] == "64"
     assert tags["git_commit"] and tags["ray.run_name"] == "flow-run"
     store = ZarrStore(phantom_store)
     assert tags["store.phantom-segmentation"] == store.dataset("phantom-segmentation").catalog.version()
     losses = [m.value for m in sorted(mlflow.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
-    # the first two logs against the last two: one log of 4-episode batches is noisy (the slot
-    # likelihood of tiny-cpu's segmentation episodes swings with the colours drawn)
-    assert len(losses) == 8 and sum(losses[-2:]) < 0.8 * sum(losses[:2]), losses
+    # the first two logs against the last two: one log of small batches is noisy (the slot
+    # likelihood of tiny-cpu's segmentation episodes swings with the colours drawn); at 4 episodes
+    # per worker the tiny-cpu with voids at -1 and task conditioning logged a flat 0.26..0.39
+    assert len(losses) == 8 and sum(losses[-2:]) < 0.8 * sum(losses[:2]), " ".join(f"{value:.3f}" for value in losses)
     for metric in ("lr", "episodes_per_s", "loss_segmentation", "loss_synthesis"):
         assert mlflow.get_metric_history(run.info.run_id, metric), metric
     images = [a.path for a in mlflow.list_artifacts(run.info.run_id, "images")]
@@ -145,7 +146,7 @@ def test_train_flow_logs_into_mlflow_and_registers_the_candidate(ray_cluster, ph
 
     # running the finished run again trains nothing more and registers nothing new
     again = train_flow(
-        overrides={"model": {"depth": 2, "embed_dim": 96, "num_heads": 3}, "optim": {"steps": 40, "batch_size": 4, "warmup_steps": 5}},
+        overrides={"model": {"depth": 2, "embed_dim": 96, "num_heads": 3}, "optim": {"steps": 40, "batch_size": 8, "warmup_steps": 5}},
         store=str(phantom_store), workers=2, run_name="flow-run", checkpoint_every=20, log_every=5, sample_every=20,
     )
     assert again["model_version"] == summary["model_version"] and again["model_reused"]

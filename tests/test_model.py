@@ -115,7 +115,7 @@ def test_prompt_cache_equals_reencoding(pairs):
     assert float(cached.min()) >= 0 and float(cached.max()) <= 1
 
 
-PAPER = {"decoder": "paper", "prompt_readout": False, "image_residual": False, "readout_slots": 0}  # tiny-cpu's unet options off
+PAPER = {"decoder": "paper", "prompt_readout": False, "image_residual": False, "readout_slots": 0, "task_conditioning": False}  # tiny-cpu's unet options off
 
 
 @pytest.mark.parametrize("decoder", [PAPER, {**PAPER, "pixel_skip_channels": 8}, {"decoder": "unet"}, {"decoder": "unet", "fuse_pairs": True},
@@ -139,8 +139,9 @@ def test_skip_decoders_paint_from_the_pairs_own_pixels(decoder):
     image = torch.rand(1, 1, config.image_size, config.image_size, generator=torch.Generator().manual_seed(2))
     changed = image.clone()
     changed[..., 21, 37] = 1 - changed[..., 21, 37]
+    told = {"tasks": torch.tensor([TASKS.index("denoising")])} if config.task_conditioning else {}  # tiny-cpu's unet is told its task
     with torch.no_grad():
-        difference = (model.decoder(features, changed) - model.decoder(features, image)).abs()[0, 0]
+        difference = (model.decoder(features, changed, **told) - model.decoder(features, image, **told)).abs()[0, 0]
     assert float(difference[21, 37]) > 0
     row, column = divmod(int(difference.argmax()), difference.shape[1])
     assert abs(row - 21) <= 3 and abs(column - 37) <= 3, "the change is largest where it happened"
@@ -197,7 +198,8 @@ def test_image_residual_gate_opens_to_the_image_and_closes_to_the_painting(form)
         model.decoder.out.weight.zero_()
         for gate, expected in RESIDUAL_PAINTINGS[form].items():
             model.decoder.out.bias.copy_(torch.tensor([0.25, gate]))
-            assert torch.allclose(model.decoder(features, image), expected(image), atol=1e-6), gate
+            told = torch.full((2,), TASKS.index("denoising"))  # tiny-cpu's unet is told its task (zero at the start)
+            assert torch.allclose(model.decoder(features, image, tasks=told), expected(image), atol=1e-6), gate
     with pytest.raises(ValueError, match="image_residual"):
         preset("tiny-cpu").with_overrides(model={**PAPER, "image_residual": True})
     with pytest.raises(ValueError, match="residual_form"):

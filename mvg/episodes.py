@@ -225,7 +225,7 @@ class EpisodeSampler:
         # `datasets` filter, so the same store always gives a class the same colour; a table the
         # objective already holds (a model fine-tuned on a few of its datasets) is kept as it was
         given = objective.colour_table
-        self.table = PredefinedTable(tuple(given)) if given else predefined_table(stored, include_detection)
+        self.table = PredefinedTable(given) if given else predefined_table(stored, include_detection)
         if datasets is not None:
             known = {d.name for d in stored}
             missing = sorted(set(datasets) - known)

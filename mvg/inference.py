@@ -135,7 +135,7 @@ def trained_colouring(model: MVG, dataset: str, classes: Iterable[int]) -> Colou
     if dataset not in known:
         raise ValueError(f"dataset {dataset} has no pre-defined colours in this model (trained on {', '.join(known)}): "
                          "a pre-defined-colour model paints only the datasets it was trained on")
-    return PredefinedTable(tuple(table)).colouring(dataset, sorted(int(c) for c in classes))
+    return PredefinedTable(table).colouring(dataset, sorted(int(c) for c in classes))
 
 
 # ------------------------------------------------------------------------------ painting

@@ -174,6 +174,11 @@ class DataConfig:
     # the store is at the model's size the crop is the whole slice and moves nothing: the 26
     # low-dose CT pairs and one inpainting volume of the real store are then seen only as stored.
     dihedral: bool = False
+    # The same symmetries for these tasks' episodes only (every task's with `dihedral`): the 26
+    # low-dose CT training pairs of the real store are then seen in eight poses each, while the
+    # segmentation episodes, which flips for every task cost (README, "Model quality"), stay as
+    # stored. A CT's noise has no orientation, so a turned pair is as real as a stored one.
+    dihedral_tasks: tuple[str, ...] = ()
     # a task's datasets drawn "uniform" (paper), "sqrt-slices" (by the square root of their
     # training slices) or "slices" (in proportion to them: every training slice of a task alike)
     dataset_weighting: str = "uniform"
@@ -184,6 +189,9 @@ class DataConfig:
     hole_episodes: float = 0.0
 
     def __post_init__(self):
+        unknown = sorted(set(self.dihedral_tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"data.dihedral_tasks: {', '.join(unknown)} not among the tasks {', '.join(TASKS)}")
         if self.dataset_weighting not in DATASET_WEIGHTINGS:
             raise ValueError(f"data.dataset_weighting {self.dataset_weighting!r} is not one of {', '.join(DATASET_WEIGHTINGS)}")
         if not 0.0 <= self.hole_episodes <= 1.0:
@@ -220,11 +228,14 @@ class MVGConfig:
             objective["mask_ratio"] = tuple(objective["mask_ratio"])
         if "colour_table" in objective:  # JSON gives lists
             objective["colour_table"] = tuple((str(name), int(count)) for name, count in objective["colour_table"])
+        data_section = dict(data.get("data", {}))
+        if "dihedral_tasks" in data_section:
+            data_section["dihedral_tasks"] = tuple(data_section["dihedral_tasks"])
         return cls(
             name=data["name"],
             model=ModelConfig(**data["model"]),
             objective=ObjectiveConfig(**objective),
-            data=DataConfig(**data.get("data", {})),
+            data=DataConfig(**data_section),
             optim=OptimConfig(**data.get("optim", {})),
         )
 

@@ -18,8 +18,9 @@ the model's image size. `EpisodeSampler.sample()` draws one in the paper's order
    the target of one pair share their crop window;
 7. segmentation only: colour the label maps with one `Colouring` for the whole episode, so the
    same class has the same grey level in every prompt target and the query target;
-8. with `DataConfig.dihedral` (a departure from the paper), one of the square's eight symmetries
-   for the whole episode: every image and target of it is flipped and turned alike.
+8. with `DataConfig.dihedral` (a departure from the paper), or for the tasks in
+   `DataConfig.dihedral_tasks`, one of the square's eight symmetries for the whole episode: every
+   image and target of it is flipped and turned alike.
 
 With `DataConfig.hole_episodes` (a departure from the paper), that share of the inpainting episodes
 is cut instead of read, after step 3: full slices of another volume of the inpainting datasets'
@@ -374,9 +375,9 @@ class EpisodeSampler:
         images: np.ndarray, targets: np.ndarray, colouring: Colouring | None, hole: dict | None = None,
     ) -> Episode:
         """The episode of these pairs (k prompts, then the query), turned by a symmetry of the
-        square when `data.dihedral` asks, with its provenance."""
+        square when `data.dihedral` or `data.dihedral_tasks` asks, with its provenance."""
         symmetry = None
-        if self.data.dihedral:
+        if self.data.dihedral or task in self.data.dihedral_tasks:
             symmetry = (int(self.rng.integers(4)), bool(self.rng.integers(2)))
             images, targets = dihedral(images, *symmetry), dihedral(targets, *symmetry)
         prompts, (query_case, query_slice) = chosen[:-1], chosen[-1]

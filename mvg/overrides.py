@@ -20,8 +20,9 @@ from collections.abc import Mapping
 from mvg.colouring import SCHEMES
 from mvg.config import TASKS, MVGConfig
 
-# fields whose strings the dataclasses leave unchecked, but whose values are a closed set
-CHOICES = {("objective", "colouring"): SCHEMES}
+# fields whose strings (or lists of strings) the dataclasses leave unchecked, but whose values are
+# a closed set
+CHOICES = {("objective", "colouring"): SCHEMES, ("data", "dihedral_tasks"): TASKS}
 
 
 class OverrideError(ValueError):
@@ -104,6 +105,12 @@ def _typed(value: object, annotation: object, key: str, choices: tuple[str, ...]
         if choices and value not in choices:
             refuse(f"one of {', '.join(choices)}")
         return value
+    if origin is tuple and args == (str, Ellipsis):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            refuse("a list of strings" + (f" among {', '.join(choices)}" if choices else ""))
+        if choices and not set(value) <= set(choices):
+            refuse(f"a list of strings among {', '.join(choices)}")
+        return tuple(value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args) or not all(_is_number(v) for v in value):
             refuse(f"a list of {len(args)} numbers")

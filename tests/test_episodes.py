@@ -250,6 +250,30 @@ def test_dihedral_draws_each_of_the_eight_symmetries_and_applies_it_to_the_whole
     assert seen == {(turns, transposed) for turns in range(4) for transposed in (False, True)}
 
 
+def test_dihedral_tasks_turn_only_their_own_episodes(store):
+    """`dihedral_tasks` turns the episodes of the tasks it names, each one the plain episode turned,
+    and leaves every other task's episodes as stored."""
+    turned_tasks = set()
+    for seed in range(60):
+        plain = sampler(store, DATA, seed=seed).sample()
+        turned = sampler(store, replace(DATA, dihedral_tasks=("denoising",)), seed=seed).sample()
+        symmetry = turned.source.pop("dihedral")
+        plain.source.pop("dihedral")
+        assert turned.task == plain.task and turned.source == plain.source
+        if plain.task != "denoising":
+            assert symmetry is None and np.array_equal(turned.query_target, plain.query_target)
+            continue
+        turned_tasks.add(plain.task)
+        assert np.array_equal(turned.query_image, dihedral(plain.query_image[None], *symmetry)[0])
+        assert np.array_equal(turned.prompt_targets, dihedral(plain.prompt_targets, *symmetry))
+    assert turned_tasks == {"denoising"}
+
+
+def test_dihedral_tasks_must_be_tasks():
+    with pytest.raises(ValueError, match="denoise"):
+        DataConfig(dihedral_tasks=("denoise",))
+
+
 def test_dihedral_symmetries_are_the_eight_distinct_maps_of_the_square():
     square = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
     images = {dihedral(square, turns, transposed).tobytes() for turns in range(4) for transposed in (False, True)}

@@ -55,6 +55,11 @@ def test_overrides_come_back_as_the_fields_types():
     }
     with pytest.raises(OverrideError, match="data.same_case_prompt: expected true or false, got 1"):
         check_overrides({"data.same_case_prompt": 1})
+    assert check_overrides({"data.dihedral_tasks": ["denoising", "synthesis"]}) == {"data": {"dihedral_tasks": ("denoising", "synthesis")}}
+    with pytest.raises(OverrideError, match="data.dihedral_tasks: expected a list of strings among segmentation, .*, got \\['ct'\\]"):
+        check_overrides({"data.dihedral_tasks": ["ct"]})
+    with pytest.raises(OverrideError, match="data.dihedral_tasks: expected a list of strings"):
+        check_overrides({"data.dihedral_tasks": "denoising"})
 
 
 # ------------------------------------------------------------------------- the tracking server

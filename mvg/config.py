@@ -91,6 +91,12 @@ class ModelConfig:
     # which is 0 there too and must stay so (0 = off). tiny-cpu: -1 with `task_conditioning`, which
     # kept the low-dose CT's black regions black on the real benchmark (README, "Model quality")
     void_level: float = 0.0
+    # Departure from the paper, unet decoder only: the full-resolution level also gets each pixel's
+    # place, two channels of its row and column in [-1, 1] (CoordConv). The slots sort prompt and
+    # query pixels alike from what the decoder sees; two organs of one intensity (the kidneys, the
+    # ventricles' blood) then differ by where they are, not only through the patch tokens' position
+    # embeddings at 1/8 resolution.
+    coordinates: bool = False
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -103,7 +109,7 @@ class ModelConfig:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
         if 0.0 < self.void_level <= 1.0:
             raise ValueError(f"model.void_level must be 0 (off) or outside the images' range [0, 1], not {self.void_level}")
-        for option in ("prompt_readout", "image_residual", "readout_slots", "task_conditioning"):
+        for option in ("prompt_readout", "image_residual", "readout_slots", "task_conditioning", "coordinates"):
             if getattr(self, option) and self.decoder != "unet":
                 raise ValueError(f"model.{option} needs model.decoder = 'unet'")
         if self.decoder == "unet" and self.patch_size & (self.patch_size - 1):

@@ -100,7 +100,9 @@ class UNetDecoder(nn.Module):
         self.grid = config.grid
         levels = int(math.log2(config.patch_size))  # patch 8: pixels, 1/2, 1/4; the ViT at 1/8
         self.carried_channels = config.readout_heads if config.prompt_readout else 0
-        extra = 1 + self.carried_channels  # the image, and the carried prompt targets
+        self.coordinates = config.coordinates
+        # the image, the carried prompt targets and, with `coordinates`, each pixel's row and column
+        extra = 1 + self.carried_channels + 2 * self.coordinates
         widths = [min(config.skip_channels * 2**level, 128) for level in range(levels)]  # finest first
         self.encoder = nn.ModuleList(
             _conv_pair(1 if level == 0 else widths[level - 1], widths[level], stride=1 if level == 0 else 2)
@@ -170,7 +172,10 @@ class UNetDecoder(nn.Module):
             skips.append(level_input)
         for level in reversed(range(len(self.up))):
             x = F.interpolate(x, size=skips[level].shape[-2:], mode="bilinear", align_corners=False)
-            joined = [x, skips[level]] + ([image] + ([carried.to(x.dtype)] if carried is not None else []) if level == 0 else [])
+            joined = [x, skips[level]]
+            if level == 0:
+                joined += [image] + ([carried.to(x.dtype)] if carried is not None else [])
+                joined += [pixel_places(image)] if self.coordinates else []
             x = self.up[level](torch.cat(joined, dim=1))
         out = self.out(x)
         painted, out = out[:, :1], out[:, 1:]
@@ -180,6 +185,14 @@ class UNetDecoder(nn.Module):
         if not self.slots:
             return painted, None, None
         return painted, out[:, : self.slots], out[:, self.slots :]
+
+
+def pixel_places(image: torch.Tensor) -> torch.Tensor:
+    """(B, 2, H, W): each pixel's row and column, from -1 at the first to 1 at the last."""
+    batch, _, height, width = image.shape
+    rows = torch.linspace(-1, 1, height, dtype=image.dtype, device=image.device)[:, None].expand(height, width)
+    columns = torch.linspace(-1, 1, width, dtype=image.dtype, device=image.device)[None, :].expand(height, width)
+    return torch.stack([rows, columns]).expand(batch, -1, -1, -1)
 
 
 def _conv_pair(channels_in: int, channels_out: int, stride: int = 1, norm: bool = False) -> nn.Sequential:

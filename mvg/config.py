@@ -89,7 +89,7 @@ class ModelConfig:
     # the images' [0, 1], in training and at inference alike (mvg.pixels.show_void). At 0, as the
     # paper, a model taught to fill zeros also fills the air of a denoising or synthesis input,
     # which is 0 there too and must stay so (0 = off). tiny-cpu: -1 with `task_conditioning`, which
-    # kept the low-dose CT's black regions black on the real benchmark (README, "Model quality")
+    # kept the low-dose CT's black regions black on the real benchmark (docs/model-quality.md)
     void_level: float = 0.0
     # Departure from the paper, unet decoder only: the full-resolution level also gets each pixel's
     # place, two channels of its row and column in [-1, 1] (CoordConv). The slots sort prompt and
@@ -182,7 +182,7 @@ class DataConfig:
     dihedral: bool = False
     # The same symmetries for these tasks' episodes only (every task's with `dihedral`): the 26
     # low-dose CT training pairs of the real store are then seen in eight poses each, while the
-    # segmentation episodes, which flips for every task cost (README, "Model quality"), stay as
+    # segmentation episodes, which flips for every task cost (docs/model-quality.md), stay as
     # stored. A CT's noise has no orientation, so a turned pair is as real as a stored one.
     dihedral_tasks: tuple[str, ...] = ()
     # a task's datasets drawn "uniform" (paper), "sqrt-slices" (by the square root of their
@@ -267,7 +267,7 @@ PRESETS: dict[str, MVGConfig] = {
     # loss (its random colours cannot be known). The slot read-out (16 slots, segmentation painted
     # in them, images by regression) with its likelihood at 0.01 took the 30-minute real benchmark's ACDC from 0.092 to
     # 0.356 mIoU and JSRT from 0.403 to 0.868 (copy-prompt 0.121 / 0.594); at 0.05 it starved the
-    # image tasks harder for less segmentation (README, "Model quality on real data"). Image
+    # image tasks harder for less segmentation (docs/model-quality.md). Image
     # pixels the target leaves unchanged weigh 0.1 (inpainting inside its mask 2.99 -> 10.9 dB
     # against identity's 2.92), and the prompt painted from its own slots joins the loss at 1.0
     # (ACDC 0.407 -> 0.464, MS-CMRSeg 0.437 -> 0.505), both on the same benchmark. The run

@@ -251,39 +251,23 @@ class MVGConfig:
 
 
 PRESETS: dict[str, MVGConfig] = {
-    # The demo's CPU budget (about 5 minutes of training on 2 cores, ~6,400 episodes) on a store at
-    # the model's own size (`mvg demo` writes and ingests 64 px phantoms): resize == crop ==
-    # image_size, so training sees whole slices at the scale evaluation paints them, and nothing is
-    # resized on the way out (a 64 px painting resized to a 128 px store caps denoising PSNR ~5 dB
-    # below the identity baseline). Inference runs the autoregressive path; the paper's 90 % MIM
-    # share for image tasks trains it on 10 % of their episodes, too few in a budget this short, so
-    # tiny-cpu trains MIM on a quarter of them. Background pixels weigh 0.5, not 0.1: at 0.1 the
-    # short run learned to paint the whole body at a low grey level, which decodes as a class
-    # (X-ray lungs mIoU 0.73 -> 0.90 at 800 steps with 0.5; at 1.0 it paints nothing at all).
-    # Three departures from the paper's model, each measured at equal steps (README, "Model
-    # quality"): the unet decoder over the pair's own image, the prompt read-out (the only change
-    # that beat copy-prompt on ACDC at 1,200 steps) and the gated image residual (phantom denoising
-    # 26.4 -> 29.1 dB against identity's 28.6). Segmentation's unprompted Py_1 is left out of the
-    # loss (its random colours cannot be known). The slot read-out (16 slots, segmentation painted
-    # in them, images by regression) with its likelihood at 0.01 took the 30-minute real benchmark's ACDC from 0.092 to
-    # 0.356 mIoU and JSRT from 0.403 to 0.868 (copy-prompt 0.121 / 0.594); at 0.05 it starved the
-    # image tasks harder for less segmentation (docs/model-quality.md). Image
-    # pixels the target leaves unchanged weigh 0.1 (inpainting inside its mask 2.99 -> 10.9 dB
-    # against identity's 2.92), and the prompt painted from its own slots joins the loss at 1.0
-    # (ACDC 0.407 -> 0.464, MS-CMRSeg 0.437 -> 0.505), both on the same benchmark. The run
-    # under-fits (held-out training cases score about as the test split), so the peak lr is 2e-3
-    # (every real figure rose: ACDC 0.464 -> 0.480, low-dose CT +0.50 -> +0.80 dB, synthesis
-    # +2.48 -> +3.29 dB) and a task's datasets are drawn by their slices, not their square root, which
-    # gives the large sets the benchmark scores most of the episodes (ACDC 0.480 -> 0.526,
-    # MS-CMRSeg 0.521 -> 0.569, low-dose CT +0.80 -> +1.17 dB). Half the inpainting episodes are
-    # cut from the other brain MRI volumes (mvg.holes): the one-volume inpainting set was being
-    # memorised (its own holes painted at 19.7 dB, the test volume's at 11.4), and with them the
-    # test volume's holes are painted at 13.3 dB, past the +10 dB target. An inpainting painting
-    # keeps the input's known pixels (the same model's whole image 25.9 -> 26.9 dB, the mask's
-    # inside unchanged). A model taught to fill holes at 0 then painted grey into the black regions
-    # of low-dose CT: an inpainting void is shown at -1 and the decoder is told its task, which kept
-    # them black (real benchmark at 6,900 steps: synthesis +2.64 -> +3.47 dB over the identity,
-    # low-dose CT +0.60 -> +0.78 dB; the demo's denoising 26.7 -> 28.5 dB, its holes 3.4 -> 13.1 dB).
+    # The demo's and the real benchmark's CPU budget (minutes on 2 cores) on a store at the model's
+    # own size: resize == crop == image_size, so training sees whole slices at the scale evaluation
+    # paints them and nothing is resized on the way out. Every setting that differs from the paper
+    # was kept on a comparison at equal budget; the figures are in docs/model-quality.md. In short:
+    # - MIM on a quarter of the image tasks' episodes (paper: 90 %): inference paints on the
+    #   autoregressive path, which 10 % of a short run's episodes do not teach;
+    # - background pixels weigh 0.5 (paper: 0.1), which otherwise paints the body at a class's level;
+    #   image pixels the target leaves unchanged weigh 0.1, so inpainting's holes are not drowned;
+    # - the unet decoder, the prompt read-out, the gated image residual and 16 slots with their
+    #   likelihood: segmentation reads the prompt's colours, image tasks keep the input's detail;
+    # - the prompt painted from its own slots (every prompt pixel teaches the sorting); the
+    #   unprompted Py_1 left out of the loss (its random colours cannot be known);
+    # - peak lr 2e-3 and datasets drawn by their slices: the run under-fits, and the large sets are
+    #   the ones scored;
+    # - half the inpainting episodes cut from other brain MRI (the one-volume release was memorised),
+    #   known pixels kept at inference, voids shown at -1 and the decoder told its task (a model
+    #   taught to fill zeros otherwise fills a CT's air).
     "tiny-cpu": MVGConfig(
         name="tiny-cpu",
         model=ModelConfig(

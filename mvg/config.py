@@ -7,6 +7,7 @@ paper's ViT-L/16 at 448 px crops (section 4.1).
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import asdict, dataclass, field, replace
 
 TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
@@ -229,25 +230,28 @@ class MVGConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> MVGConfig:
-        objective = dict(data.get("objective", {}))
-        if "mask_ratio" in objective:
-            objective["mask_ratio"] = tuple(objective["mask_ratio"])
-        if "colour_table" in objective:  # JSON gives lists
-            objective["colour_table"] = tuple((str(name), int(count)) for name, count in objective["colour_table"])
-        data_section = dict(data.get("data", {}))
-        if "dihedral_tasks" in data_section:
-            data_section["dihedral_tasks"] = tuple(data_section["dihedral_tasks"])
         return cls(
             name=data["name"],
-            model=ModelConfig(**data["model"]),
-            objective=ObjectiveConfig(**objective),
-            data=DataConfig(**data_section),
-            optim=OptimConfig(**data.get("optim", {})),
+            model=_section(ModelConfig, data["model"]),
+            objective=_section(ObjectiveConfig, data.get("objective", {})),
+            data=_section(DataConfig, data.get("data", {})),
+            optim=_section(OptimConfig, data.get("optim", {})),
         )
 
     def with_overrides(self, **sections) -> MVGConfig:
         """`config.with_overrides(model={"depth": 2}, optim={"lr": 3e-4})`."""
         return replace(self, **{name: replace(getattr(self, name), **values) for name, values in sections.items()})
+
+
+def _section(section: type, values: dict):
+    """A config section from its dict (`to_dict`, or JSON of it): JSON gives lists where the
+    section's fields are tuples (`mask_ratio`, `colour_table`, `dihedral_tasks`)."""
+    tuple_fields = {name for name, hint in typing.get_type_hints(section).items() if typing.get_origin(hint) is tuple}
+    return section(**{name: _as_tuples(value) if name in tuple_fields else value for name, value in values.items()})
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
 
 
 PRESETS: dict[str, MVGConfig] = {

@@ -2,6 +2,9 @@
 trains in that time on this machine, measured by a short calibration run, so the demo ends in its
 budget on a slow machine and trains longer on a fast one (the schedule needs its length up front).
 
+A floor (`min_steps`) keeps a slow machine from training a model too short to be worth
+evaluating: the budget then runs over, and the caller is told by how much (`Budget.bought`).
+
 A run launched again under the same name keeps the steps it was first given: MLflow keeps one
 value per parameter, and a finished run is reused rather than trained again.
 """
@@ -35,6 +38,14 @@ class Budget:
     warmup_steps: int
     steps_per_s: float | None  # the calibrated pace; None when the steps came from an earlier launch
     calibration_s: float
+    bought: int | None = None  # the steps the minutes bought, where a floor raised them to `steps`
+
+    @property
+    def over_budget_s(self) -> float:
+        """The seconds the floor adds to the budget at the calibrated pace (0 when it bought enough)."""
+        if self.bought is None or self.steps_per_s is None:
+            return 0.0
+        return (self.steps - self.bought) / (self.steps_per_s * (1 - STEP_OVERHEAD))
 
     def overrides(self) -> dict[str, dict]:
         return {"optim": {"steps": self.steps, "warmup_steps": self.warmup_steps}}
@@ -61,16 +72,28 @@ def earlier_schedule(tracking_uri: str, run_name: str) -> tuple[int, int] | None
     return int(params["optim.steps"]), int(params["optim.warmup_steps"])
 
 
-def budget(config: MVGConfig, stores: Sequence[str], scaling: Scaling, minutes: float, tracking_uri: str, run_name: str) -> Budget:
-    """The steps of `config` that train in `minutes` (the calibration included) with `scaling`, or
-    those an earlier launch of `run_name` was given."""
+def budget(
+    config: MVGConfig,
+    stores: Sequence[str],
+    scaling: Scaling,
+    minutes: float,
+    tracking_uri: str,
+    run_name: str,
+    min_steps: int = 0,
+) -> Budget:
+    """The steps of `config` that train in `minutes` (the calibration included) with `scaling`, at
+    least `min_steps`, or those an earlier launch of `run_name` was given."""
     if minutes <= 0:
         raise ValueError(f"the training budget must be positive, got {minutes} minutes")
+    if min_steps < 0:
+        raise ValueError(f"the floor of training steps cannot be negative, got {min_steps}")
     earlier = earlier_schedule(tracking_uri, run_name)
     if earlier is not None:
         return Budget(*earlier, steps_per_s=None, calibration_s=0.0)
     started = time.monotonic()
     pace = steps_per_second(config, stores, scaling, steps=CALIBRATION_STEPS, window=CALIBRATION_WINDOW)
     spent = time.monotonic() - started
-    budgeted = with_steps(config, steps_within(minutes, pace, spent))
-    return Budget(budgeted.optim.steps, budgeted.optim.warmup_steps, pace, spent)
+    bought = steps_within(minutes, pace, spent)
+    budgeted = with_steps(config, max(bought, min_steps))
+    floored = bought if bought < min_steps else None
+    return Budget(budgeted.optim.steps, budgeted.optim.warmup_steps, pace, spent, bought=floored)

@@ -197,6 +197,25 @@ def test_the_demo_budget_buys_the_steps_that_fit_what_is_left_of_it():
     assert steps_within(0.1, pace, spent_s=30) == 10  # a budget spent before training still trains a little
 
 
+def test_a_slow_machine_trains_the_floor_of_steps_and_is_told_how_far_over_budget(tmp_path, monkeypatch):
+    import mvg.budget
+    from mvg.config import preset
+    from mvg.distributed import Scaling
+
+    monkeypatch.setenv("MVG_HOME", str(tmp_path))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    pace = {"steps/s": 1.0}
+    monkeypatch.setattr(mvg.budget, "steps_per_second", lambda *args, **kwargs: pace["steps/s"])  # the calibration's verdict
+    slow = mvg.budget.budget(preset("tiny-cpu"), ["store"], Scaling(), 4, uri, "demo", min_steps=700)
+    assert slow.steps == 700 and slow.bought == mvg.budget.steps_within(4, 1.0, slow.calibration_s) < 700
+    assert slow.over_budget_s == pytest.approx((700 - slow.bought) / (1 - mvg.budget.STEP_OVERHEAD))
+    pace["steps/s"] = 10.0
+    fast = mvg.budget.budget(preset("tiny-cpu"), ["store"], Scaling(), 4, uri, "demo", min_steps=700)
+    assert fast.steps > 700 and fast.bought is None and fast.over_budget_s == 0.0
+    with pytest.raises(ValueError, match="cannot be negative"):
+        mvg.budget.budget(preset("tiny-cpu"), ["store"], Scaling(), 4, uri, "demo", min_steps=-1)
+
+
 def test_a_run_launched_again_keeps_the_steps_it_was_started_with(tmp_path, monkeypatch):
     from mvg.budget import budget, earlier_schedule
     from mvg.config import preset

@@ -37,7 +37,7 @@ from storage.phantoms import PHANTOM_TASKS, phantoms_written, write_phantoms
 # the demo's phantoms: stored at tiny-cpu's own size, so nothing is resized between store and model
 DEMO_CASES, DEMO_SIZE, DEMO_SLICES = 8, 64, 32
 # the demo's training, in wall-clock minutes (the calibration included): tiny-cpu's 800 steps took
-# about 4 on 2 cores, and whatever the machine, the demo's training now ends in its budget
+# about 4 on 2 cores, and a faster machine trains more steps in the same time
 DEMO_MINUTES = 4.0
 # ... but never fewer steps than this: a fresh-clone demo on a slow machine bought 416 steps in its
 # 4 minutes and its model painted no lungs at all (X-ray mIoU 0 against copy-prompt's 0.756), where

@@ -3,7 +3,7 @@ trains in that time on this machine, measured by a short calibration run, so the
 budget on a slow machine and trains longer on a fast one (the schedule needs its length up front).
 
 A floor (`min_steps`) keeps a slow machine from training a model too short to be worth
-evaluating: the budget then runs over, and the caller is told by how much (`Budget.bought`).
+evaluating: the budget then runs over, and the caller is told by how much (`Budget.over_budget_s`).
 
 A run launched again under the same name keeps the steps it was first given: MLflow keeps one
 value per parameter, and a finished run is reused rather than trained again.

@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="train this many steps instead of --minutes (equal-budget comparisons)")
     parser.add_argument("--preset", default="tiny-cpu", help="config preset")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (weights, episodes, masks): several seeds size a recipe's spread")
     parser.add_argument("--draws", type=int, default=3, help="prompt draws per test case")
     parser.add_argument("--work", type=Path, help="keep the store here and reuse it (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real.json"))
@@ -137,10 +138,10 @@ def main() -> None:
 
         config = budgeted(config, [store], args.minutes, args.steps)
         steps = config.optim.steps
-        mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes,
+        mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed,
                            **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
         began = time.perf_counter()
-        trained = train(config, [store], log_every=100, on_log=lambda row: print(
+        trained = train(config, [store], log_every=100, seed=args.seed, on_log=lambda row: print(
             f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s) "
             + " ".join(f"{key[5:]} {value:.4f}" for key, value in row.items() if key.startswith("loss_")), flush=True))
         train_s = time.perf_counter() - began
@@ -185,7 +186,7 @@ def main() -> None:
             "config": config.to_dict(),
             "datasets": built,
             "ingest_s": ingest_s,
-            "training": {"budget_min": args.minutes, "steps": trained.step, "wall_s": train_s, "episodes": episodes,
+            "training": {"budget_min": args.minutes, "seed": args.seed, "steps": trained.step, "wall_s": train_s, "episodes": episodes,
                          "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"],
                          "history": trained.history},
             "evaluation": {"draws": args.draws, "shots": 1,

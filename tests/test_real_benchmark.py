@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import numpy as np
+import pytest
 
 from benchmarks.real import MIN_TEST_CASES, judge, quality_table
+from benchmarks.spread import spread, spread_table
 from mvg.evaluation import COPY_PROMPT, IDENTITY, MASKED, MODEL, Aggregate, DatasetEvaluation
 
 
@@ -41,3 +44,28 @@ def test_image_targets_need_every_figure():
     assert [(row["metric"], row["met"]) for row in rows] == [("PSNR", True), ("SSIM", False)]
     table = quality_table(rows)
     assert "| brats2013 | SSIM | 0.500 | identity 0.600 | -0.100 |" in table and "**no**" in table
+
+
+def run_of(seed: int, acdc: float, ldct: float) -> dict:
+    """A benchmark result as `benchmarks.real` writes it: the judged targets of one seed's run."""
+    targets = judge(evaluation("acdc", "segmentation", {MODEL: {"mIoU": acdc}, COPY_PROMPT: {"mIoU": 0.12}}))
+    targets += judge(evaluation("ldct-mayo", "denoising", {MODEL: {"PSNR": ldct}, IDENTITY: {"PSNR": 24.0}}))
+    return {"training": {"seed": seed}, "targets": targets}
+
+
+def test_spread_of_seeds_says_whether_the_mean_meets_each_target():
+    rows = spread([run_of(0, 0.56, 24.8), run_of(1, 0.50, 25.3), run_of(2, 0.57, 25.2)])
+    acdc, ldct = rows
+    assert acdc["seeds"] == [0, 1, 2] and acdc["model"] == [0.56, 0.50, 0.57]
+    assert math.isclose(acdc["mean"], 0.5433333, rel_tol=1e-6) and acdc["min"] == 0.50 and acdc["max"] == 0.57
+    assert math.isclose(acdc["std"], statistics.stdev([0.56, 0.50, 0.57]))
+    assert acdc["mean_met"] is False and acdc["runs_met"] == 2  # two of three runs met 0.55, the mean did not
+    assert ldct["mean_met"] is True and ldct["runs_met"] == 2 and math.isclose(ldct["required"], 25.0)
+    table = spread_table(rows)
+    assert "| acdc | mIoU | 0.560, 0.500, 0.570 | 0.543 ± 0.038 |" in table and "| **no** | 2 of 3 |" in table
+
+
+def test_spread_refuses_runs_that_judge_other_figures():
+    other = {"training": {"seed": 1}, "targets": run_of(1, 0.5, 25.0)["targets"][:1]}
+    with pytest.raises(ValueError, match="seed 1 judges other figures"):
+        spread([run_of(0, 0.56, 24.8), other])

@@ -214,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="Dask workers for ingest")
     length = demo.add_mutually_exclusive_group()
     length.add_argument("--minutes", type=float, metavar="M",
-                        help="training budget in wall-clock minutes, calibration included: the steps that fit it here (default: 4)")
+                        help="training budget in wall-clock minutes, calibration included: the steps that fit it here, "
+                             "never fewer than the floor the demo needs to beat its baselines (default: 17)")
     length.add_argument("--steps", type=int, help="train exactly this many steps instead of a time budget")
     demo.add_argument("--fresh", action="store_true", default=None, help="start over: delete the demo's earlier results first")
     demo.set_defaults(run=run_demo)

@@ -83,7 +83,7 @@ def budget_task(preset: str, store: str, scaling: Scaling, minutes: float, run_n
         print(f"run {run_name} was started with {planned.steps} steps: it keeps them")
     elif planned.bought is not None:
         print(f"WARNING: calibrated at {planned.steps_per_s:.2f} steps/s, the {minutes:g} minute budget buys only "
-              f"{planned.bought} steps, fewer than the {min_steps} a model needs to be worth evaluating here: "
+              f"{planned.bought} steps, fewer than the {min_steps} the demo's model needs to beat its baselines: "
               f"training {planned.steps} steps, about {planned.over_budget_s / 60:.1f} minutes over the budget "
               f"(--steps N trains exactly N)")
     else:

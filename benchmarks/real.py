@@ -97,11 +97,14 @@ def judge(evaluation: DatasetEvaluation) -> list[dict]:
     return rows
 
 
+MET_LABELS = {True: "yes", False: "**no**", None: "-"}  # a target met, missed, or none to judge
+
+
 def quality_table(rows: list[dict]) -> str:
     lines = ["| dataset | metric | model | baseline | difference | target | met |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         spread = "" if math.isnan(row["model_std"]) else f" ± {row['model_std']:.3f}"
-        met = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        met = MET_LABELS[row["met"]]
         lines.append(
             f"| {row['dataset']} | {row['metric']} | {row['model']:.3f}{spread} | {row['baseline_method']} "
             f"{row['baseline']:.3f} | {row['difference']:+.3f} | {row['target']} | {met} |"

@@ -18,6 +18,7 @@ import statistics
 from pathlib import Path
 
 from benchmarks.common import write_result
+from benchmarks.real import MET_LABELS
 
 
 def spread(results: list[dict]) -> list[dict]:
@@ -53,7 +54,7 @@ def spread_table(rows: list[dict]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        met = {True: "yes", False: "**no**", None: "-"}[row["mean_met"]]
+        met = MET_LABELS[row["mean_met"]]
         runs_met = "-" if row["runs_met"] is None else f"{row['runs_met']} of {len(row['model'])}"
         lines.append(
             f"| {row['dataset']} | {row['metric']} | {', '.join(f'{v:.3f}' for v in row['model'])} "

@@ -14,11 +14,18 @@ calibration run; the JSON records the episodes the budget bought and the episode
 
 Each dataset is judged against the issue's targets (`TARGETS`): the JSON and the printed table say
 model | baseline | difference | target | met, every figure from this one run.
+
+    python -m benchmarks.real --reevaluate RUN.json --set model.slot_inference=vote --out NEW.json
+
+evaluates the weights a run kept beside its JSON (the folder `RUN`) again, with inference options
+changed by `--set`, and writes the run's training record with the new figures: a paired comparison
+of inference choices on the same weights, free of the spread between trainings.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -33,7 +40,7 @@ from flows.cli import parse_overrides
 from mvg.config import preset
 from mvg.evaluation import BASELINE_BY_TASK, MASKED, MODEL, DatasetEvaluation, evaluate_dataset, tables, to_markdown
 from mvg.tracking import tracking_uri
-from mvg.train import save_checkpoint, train
+from mvg.train import CHECKPOINT_FILE, load_trained, save_checkpoint, train
 from storage.recipes import build_real_store
 from storage.store import ZarrStore
 
@@ -125,81 +132,110 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real.json"))
     parser.add_argument("--name", help="MLflow run name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MVG_HOME/mlflow.db)")
+    parser.add_argument("--reevaluate", type=Path, metavar="RUN.json",
+                        help="no training: evaluate the weights kept beside RUN.json again, with --set applied to their config")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: no such folder; point --data at the folder holding the public datasets")
+    if args.reevaluate is not None and not (args.reevaluate.with_suffix("") / CHECKPOINT_FILE).is_file():
+        raise SystemExit(f"{args.reevaluate}: no weights beside it ({args.reevaluate.with_suffix('') / CHECKPOINT_FILE})")
     mlflow.set_tracking_uri(args.tracking_uri or tracking_uri())
     mlflow.set_experiment("real-benchmark")
-    config = preset(args.preset).with_overrides(**parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    run_name = args.name or (f"reevaluate-{args.reevaluate.stem}" if args.reevaluate else f"real-{args.minutes:g}min")
 
-    with scratch(args.work, "mvg-bench-real-") as work, mlflow.start_run(run_name=args.name or f"real-{args.minutes:g}min"):
+    with scratch(args.work, "mvg-bench-real-") as work, mlflow.start_run(run_name=run_name):
+        reevaluated = None if args.reevaluate is None else _trained_before(args.reevaluate, overrides)
+        if reevaluated is not None:
+            mlflow.log_params({"reevaluated": str(args.reevaluate), "steps": reevaluated[2]["steps"],
+                               **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
+        config = preset(args.preset).with_overrides(**overrides) if reevaluated is None else reevaluated[1]
         started = time.perf_counter()
         store = work / "store"
-        built = build_real_store(args.data, store, config.data.resize)
+        built = build_real_store(args.data, store, config.data.resize)  # at the size the model was trained at
         ingest_s = time.perf_counter() - started
         print(f"store: {len(built)} datasets in {ingest_s:.0f} s", flush=True)
+        model, config, training = _train(args, config, store) if reevaluated is None else reevaluated
+        _evaluate(args, model, config, training, store, built, ingest_s)
 
-        config = budgeted(config, [store], args.minutes, args.steps)
-        steps = config.optim.steps
-        mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed,
-                           **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
-        began = time.perf_counter()
-        trained = train(config, [store], log_every=100, seed=args.seed, on_log=lambda row: print(
-            f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s) "
-            + " ".join(f"{key[5:]} {value:.4f}" for key, value in row.items() if key.startswith("loss_")), flush=True))
-        train_s = time.perf_counter() - began
-        # the trained weights beside the result, loadable with mvg.train.load_trained: evaluation
-        # choices (prompt draws, painting) can be compared again without another half hour of training
-        save_checkpoint(args.out.with_suffix(""), {"model": trained.model.state_dict(), "config": config.to_dict(), "step": trained.step})
-        for row in trained.history:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
 
-        stored = ZarrStore(store)
-        evaluations = []
-        for name in stored.datasets():
-            dataset = stored.dataset(name)
-            if not dataset.cases("test"):
-                continue  # a training-only dataset
-            began_eval = time.perf_counter()
-            evaluations.append(evaluate_dataset(trained.model, dataset, draws=args.draws, seed=0))
-            print(f"evaluated {name} in {time.perf_counter() - began_eval:.0f} s", flush=True)
-        judged = [row for evaluation in evaluations for row in judge(evaluation)]
-        layout = tables(evaluations)
-        table = quality_table(judged)
-        print(f"\n{table}\n\nTable 2:\n{to_markdown(layout['table2'])}\n\nTable 3:\n{to_markdown(layout['table3'])}")
+def _train(args: argparse.Namespace, config, store: Path) -> tuple:
+    """Train within the budget; keep the weights beside the result. -> (model, config, training record)."""
+    config = budgeted(config, [store], args.minutes, args.steps)
+    steps = config.optim.steps
+    mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed,
+                       **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
+    began = time.perf_counter()
+    trained = train(config, [store], log_every=100, seed=args.seed, on_log=lambda row: print(
+        f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s) "
+        + " ".join(f"{key[5:]} {value:.4f}" for key, value in row.items() if key.startswith("loss_")), flush=True))
+    train_s = time.perf_counter() - began
+    # the trained weights beside the result, loadable with mvg.train.load_trained: evaluation
+    # choices (prompt draws, painting) can be compared again without another half hour of training
+    save_checkpoint(args.out.with_suffix(""), {"model": trained.model.state_dict(), "config": config.to_dict(), "step": trained.step})
+    for row in trained.history:
+        mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+    episodes = trained.step * config.optim.batch_size
+    mlflow.log_metrics({"train_s": train_s, "episodes": episodes, "episodes_per_s": episodes / train_s})
+    training = {"budget_min": args.minutes, "seed": args.seed, "steps": trained.step, "wall_s": train_s, "episodes": episodes,
+                "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"], "history": trained.history}
+    return trained.model, config, training
 
-        pictures = args.out.with_suffix("")
-        pictures.mkdir(parents=True, exist_ok=True)
-        for evaluation in evaluations:
-            path = pictures / f"montage-{evaluation.dataset}.png"
-            Image.fromarray(evaluation.montage).save(path)
-            mlflow.log_artifact(str(path))
-        for row in judged:
-            key = f"{row['dataset']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", "")
-            if not math.isnan(row["model"]):
-                mlflow.log_metrics({f"{key}.model": row["model"], f"{key}.baseline": row["baseline"]})
-        episodes = trained.step * config.optim.batch_size
-        mlflow.log_metrics({"train_s": train_s, "episodes": episodes, "episodes_per_s": episodes / train_s})
-        write_result(args.out, {
-            "benchmark": "real-unified",
-            "machine": machine(),
-            "device": "cpu",
-            "gpu": None,
-            "torch_threads": torch.get_num_threads(),
-            "config": config.to_dict(),
-            "datasets": built,
-            "ingest_s": ingest_s,
-            "training": {"budget_min": args.minutes, "seed": args.seed, "steps": trained.step, "wall_s": train_s, "episodes": episodes,
-                         "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"],
-                         "history": trained.history},
-            "evaluation": {"draws": args.draws, "shots": 1,
-                           "summary": {e.dataset: {method: {metric: {"mean": a.mean, "std": a.std} for metric, a in metrics.items()}
-                                                   for method, metrics in e.summary.items()} for e in evaluations}},
-            "targets": judged,
-            "all_met": all(row["met"] for row in judged if row["met"] is not None),
-            "table2": layout["table2"],
-            "table3": layout["table3"],
-        })
+
+def _trained_before(result: Path, overrides: dict) -> tuple:
+    """The weights kept beside an earlier run's JSON, with `overrides` applied to their config, and
+    that run's training record, which says where they came from. -> (model, config, training record)."""
+    model, config, step = load_trained(result.with_suffix(""), overrides)
+    training = json.loads(result.read_text())["training"]
+    if training["steps"] != step:
+        raise SystemExit(f"{result}: its record says {training['steps']} steps but the weights beside it are at step {step}")
+    return model, config, {**training, "reevaluated_from": str(result), "overrides": overrides}
+
+
+def _evaluate(args: argparse.Namespace, model, config, training: dict, store: Path, built: list, ingest_s: float) -> None:
+    """Every dataset's test split against its baseline and target; the tables, montages and JSON."""
+    stored = ZarrStore(store)
+    evaluations = []
+    for name in stored.datasets():
+        dataset = stored.dataset(name)
+        if not dataset.cases("test"):
+            continue  # a training-only dataset
+        began_eval = time.perf_counter()
+        evaluations.append(evaluate_dataset(model, dataset, draws=args.draws, seed=0))
+        print(f"evaluated {name} in {time.perf_counter() - began_eval:.0f} s", flush=True)
+    judged = [row for evaluation in evaluations for row in judge(evaluation)]
+    layout = tables(evaluations)
+    table = quality_table(judged)
+    print(f"\n{table}\n\nTable 2:\n{to_markdown(layout['table2'])}\n\nTable 3:\n{to_markdown(layout['table3'])}")
+
+    pictures = args.out.with_suffix("")
+    pictures.mkdir(parents=True, exist_ok=True)
+    for evaluation in evaluations:
+        path = pictures / f"montage-{evaluation.dataset}.png"
+        Image.fromarray(evaluation.montage).save(path)
+        mlflow.log_artifact(str(path))
+    for row in judged:
+        key = f"{row['dataset']}.{row['metric']}".replace(" ", "_").replace("(", "").replace(")", "")
+        if not math.isnan(row["model"]):
+            mlflow.log_metrics({f"{key}.model": row["model"], f"{key}.baseline": row["baseline"]})
+    write_result(args.out, {
+        "benchmark": "real-unified",
+        "machine": machine(),
+        "device": "cpu",
+        "gpu": None,
+        "torch_threads": torch.get_num_threads(),
+        "config": config.to_dict(),
+        "datasets": built,
+        "ingest_s": ingest_s,
+        "training": training,
+        "evaluation": {"draws": args.draws, "shots": 1,
+                       "summary": {e.dataset: {method: {metric: {"mean": a.mean, "std": a.std} for metric, a in metrics.items()}
+                                               for method, metrics in e.summary.items()} for e in evaluations}},
+        "targets": judged,
+        "all_met": all(row["met"] for row in judged if row["met"] is not None),
+        "table2": layout["table2"],
+        "table3": layout["table3"],
+    })
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ TASKS = ("segmentation", "synthesis", "inpainting", "denoising")
 DECODERS = ("paper", "unet")
 DATASET_WEIGHTINGS = ("uniform", "sqrt-slices", "slices")
 SLOT_SHARES = ("learned", "task")
-SLOT_INFERENCES = ("soft", "argmax")
+SLOT_INFERENCES = ("soft", "argmax", "vote")
 RESIDUAL_FORMS = ("add", "blend")
 
 
@@ -78,6 +78,11 @@ class ModelConfig:
     # query pixel in its winning slot's colour). A soft mix of two slots at an edge can land on the
     # level of a third class (an LV edge half background passes the myocardium's level), which
     # nearest-level decoding then reads as that class. Training always paints soft (gradients).
+    # "vote": paints as "soft", but a segmentation's classes are read from the slots, not from the
+    # painted levels: each slot holds a share of every class among the prompt pixels sorted into it,
+    # and a query pixel takes the class its slots' shares, weighted by its slot probabilities, vote
+    # for (mvg.model.slot_class_shares). A pixel half myocardium and half background then votes
+    # for one of the two, never for the class whose level lies between them.
     slot_inference: str = "soft"
     # "paper" decoder only: 0 = as the paper; > 0 adds a full-resolution conv stem over the pair's image
     pixel_skip_channels: int = 0
@@ -108,6 +113,8 @@ class ModelConfig:
             raise ValueError(f"model.residual_form {self.residual_form!r} is not one of {', '.join(RESIDUAL_FORMS)}")
         if self.slot_inference not in SLOT_INFERENCES:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
+        if self.slot_inference == "vote" and not self.readout_slots:
+            raise ValueError("model.slot_inference = 'vote' reads classes from the slots: it needs model.readout_slots > 0")
         if 0.0 < self.void_level <= 1.0:
             raise ValueError(f"model.void_level must be 0 (off) or outside the images' range [0, 1], not {self.void_level}")
         for option in ("prompt_readout", "image_residual", "readout_slots", "task_conditioning", "coordinates"):
@@ -271,13 +278,15 @@ PRESETS: dict[str, MVGConfig] = {
     #   the ones scored;
     # - half the inpainting episodes cut from other brain MRI (the one-volume release was memorised),
     #   known pixels kept at inference, voids shown at -1 and the decoder told its task (a model
-    #   taught to fill zeros otherwise fills a CT's air).
+    #   taught to fill zeros otherwise fills a CT's air);
+    # - segmentation classes read from the slots' class votes rather than the painted grey levels
+    #   (the same weights: every segmentation set gained).
     "tiny-cpu": MVGConfig(
         name="tiny-cpu",
         model=ModelConfig(
             image_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=3, decoder_channels=32, drop_path=0.0,
             decoder="unet", prompt_readout=True, image_residual=True, readout_slots=16, slot_share="task",
-            keep_known_pixels=True, task_conditioning=True, void_level=-1.0,
+            keep_known_pixels=True, task_conditioning=True, void_level=-1.0, slot_inference="vote",
         ),
         objective=ObjectiveConfig(
             mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0, slot_likelihood_weight=0.01,

@@ -39,6 +39,7 @@ from mvg.objectives import block_causal_mask
 IMAGE, TARGET = 0, 1  # role embeddings
 SEGMENTATION = TASKS.index("segmentation")
 SLOT_SHARE_BIAS = -4.0
+EMPTY_SLOT_MASS = 0.01  # prior mass of background in every slot: an empty slot reads as background
 RESIDUAL_GATE_BIAS = 5.0  # sigmoid(5) = 0.993: the identity, give or take 0.7 %
 
 
@@ -259,7 +260,8 @@ class PromptReadout(nn.Module):
 class PromptCache:
     """Per block, the keys and values of the prompt tokens: (B, heads, tokens, head_dim) each;
     with a prompt read-out also the prompt images' decoder features (B, k * T, 4D) and the prompt
-    targets (B, k, 1, H, W); with slots the slot colours read from the prompts (B, K)."""
+    targets (B, k, 1, H, W); with slots the slot colours read from the prompts (B, K) and, where
+    levels were given, each slot's share of every level (B, K, C; `slot_class_shares`)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -267,6 +269,7 @@ class PromptCache:
     image_features: torch.Tensor | None = None
     targets: torch.Tensor | None = None
     slot_colours: torch.Tensor | None = None
+    slot_classes: torch.Tensor | None = None
 
     def select(self, rows: torch.Tensor) -> PromptCache:
         def rows_of(tensor):
@@ -274,7 +277,7 @@ class PromptCache:
 
         return PromptCache(
             [k[rows] for k in self.keys], [v[rows] for v in self.values], self.pairs,
-            rows_of(self.image_features), rows_of(self.targets), rows_of(self.slot_colours),
+            rows_of(self.image_features), rows_of(self.targets), rows_of(self.slot_colours), rows_of(self.slot_classes),
         )
 
 
@@ -435,13 +438,23 @@ class MVG(nn.Module):
         comes before it to carry), passed as `first_prompt_slots` to save a decoder pass."""
         if prompt_images is None:
             raise ValueError("this model reads slot colours from the prompts: pass the prompt images")
+        logits = self._prompt_slot_logits(prompts, prompt_images, first_prompt_slots, tasks)
+        return slot_colours(logits, prompt_targets, hard=self._hard_slots)
+
+    def _prompt_slot_logits(
+        self,
+        prompts: Sequence[torch.Tensor],
+        prompt_images: torch.Tensor,
+        first_prompt_slots: torch.Tensor | None = None,
+        tasks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, k, K, H, W): each prompt image's pixels sorted into slots, nothing carried."""
         logits = [
             first_prompt_slots if i == 0 and first_prompt_slots is not None
             else self.decoder.heads(tokens, prompt_images[:, i], None, _tasks_or_segmentation(tasks, prompt_images[:, i]))[1]
             for i, tokens in enumerate(prompts)
         ]
-        logits = torch.stack(logits, dim=1)
-        return slot_colours(logits, prompt_targets, hard=self._hard_slots)
+        return torch.stack(logits, dim=1)
 
     def _tokens_of(self, features: torch.Tensor, image: int) -> torch.Tensor:
         tokens = self.config.tokens_per_image
@@ -519,9 +532,13 @@ class MVG(nn.Module):
     # ------------------------------------------------------------------------ inference
 
     @torch.no_grad()
-    def encode_prompts(self, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, task: str = "segmentation") -> PromptCache:
+    def encode_prompts(
+        self, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, task: str = "segmentation", levels: torch.Tensor | None = None
+    ) -> PromptCache:
         """Keys and values of the prompt pairs in every block (block-causal among the prompts);
-        `task` says how the decoder sorts the prompts into slots, where it is told the task."""
+        `task` says how the decoder sorts the prompts into slots, where it is told the task.
+        `levels` (C,): the grey levels the prompt targets are coloured with, background first; with
+        slots the cache then also holds each slot's share of each level (`class_scores_cached`)."""
         pairs = prompt_images.shape[1]
         tokens = torch.cat(
             [
@@ -549,12 +566,29 @@ class MVG(nn.Module):
         features = torch.cat(features, dim=-1)
         prompts = [self._tokens_of(features, 2 * pair) for pair in range(pairs)]
         tasks = _task_indices(prompt_images, task)
-        colours = self._slot_colours(prompts, prompt_images, prompt_targets, tasks=tasks) if self.config.readout_slots else None
-        return PromptCache(keys, values, pairs, torch.cat(prompts, dim=1), prompt_targets, colours)
+        colours = classes = None
+        if self.config.readout_slots:
+            logits = self._prompt_slot_logits(prompts, prompt_images, tasks=tasks)
+            colours = slot_colours(logits, prompt_targets, hard=self._hard_slots)
+            classes = None if levels is None else slot_class_shares(logits, prompt_targets, levels)
+        return PromptCache(keys, values, pairs, torch.cat(prompts, dim=1), prompt_targets, colours, classes)
 
     @torch.no_grad()
     def predict_cached(self, query: torch.Tensor, cache: PromptCache, task: str = "segmentation") -> torch.Tensor:
         """Query images (B, 1, H, W) against cached prompts (batch 1 or B) -> (B, 1, H, W) in [0, 1]."""
+        return self._query_parts(query, cache, task)[0].clamp(0, 1)
+
+    @torch.no_grad()
+    def class_scores_cached(self, query: torch.Tensor, cache: PromptCache, task: str = "segmentation") -> torch.Tensor:
+        """Query images (B, 1, H, W) against prompts cached with their levels -> (B, C, H, W): each
+        pixel's vote for each level (`vote_slots`), in the order of the levels the cache was given."""
+        if cache.slot_classes is None:
+            raise ValueError("class scores need slots and prompts encoded with their levels (encode_prompts(..., levels=...))")
+        slot_logits = self._query_parts(query, cache, task)[1]
+        return vote_slots(slot_logits, cache.slot_classes)
+
+    def _query_parts(self, query: torch.Tensor, cache: PromptCache, task: str) -> tuple[torch.Tensor, ...]:
+        """`_paint`'s parts for query images against cached prompts: painting, slot logits, colours."""
         tokens = self.embed(query, IMAGE, cache.pairs)
         features = []
         for depth, block in enumerate(self.blocks):
@@ -562,7 +596,7 @@ class MVG(nn.Module):
             features += self._features_at(depth, tokens)
         features = torch.cat(features, dim=-1)
         carried = None if self.readout is None else self._carried(features, [cache.image_features], cache.targets, query)
-        return self._paint(features, query, carried, cache.slot_colours, _task_indices(query, task))[0].clamp(0, 1)
+        return self._paint(features, query, carried, cache.slot_colours, _task_indices(query, task))
 
     @torch.no_grad()
     def predict(
@@ -573,6 +607,23 @@ class MVG(nn.Module):
         Rows that share the same prompts (a volume's slices against one prompt slice, say) share one
         prompt encoding. For segmentation the output is coloured: decode it with
         `mvg.colouring.Colouring.decode`."""
+        cache, rows = self._shared_prompts(query, prompt_images, prompt_targets, task)
+        return self.predict_cached(query, cache.select(rows), task)
+
+    @torch.no_grad()
+    def predict_class_scores(
+        self, query: torch.Tensor, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, levels: torch.Tensor, task: str = "segmentation"
+    ) -> torch.Tensor:
+        """As `predict`, with prompt targets coloured in `levels` (C,), background first -> (B, C, H, W):
+        each query pixel's vote for each level through the slots (`ModelConfig.slot_inference`
+        "vote"); the argmax over C is its class."""
+        cache, rows = self._shared_prompts(query, prompt_images, prompt_targets, task, levels)
+        return self.class_scores_cached(query, cache.select(rows), task)
+
+    def _shared_prompts(
+        self, query: torch.Tensor, prompt_images: torch.Tensor, prompt_targets: torch.Tensor, task: str, levels: torch.Tensor | None = None
+    ) -> tuple[PromptCache, torch.Tensor]:
+        """The distinct prompts of a batch encoded once, and each query row's index into them."""
         if task not in TASKS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
         if prompt_images.shape != prompt_targets.shape or prompt_images.shape[0] != query.shape[0]:
@@ -583,8 +634,7 @@ class MVG(nn.Module):
         prompts = torch.cat([prompt_images, prompt_targets], dim=1).flatten(1)
         unique, rows = torch.unique(prompts, dim=0, return_inverse=True)
         first = _first_rows(rows, len(unique))
-        cache = self.encode_prompts(prompt_images[first], prompt_targets[first], task)
-        return self.predict_cached(query, cache.select(rows), task)
+        return self.encode_prompts(prompt_images[first], prompt_targets[first], task, levels), rows
 
     @torch.no_grad()
     def predict_uncached(
@@ -603,7 +653,27 @@ def slot_colours(slot_logits: torch.Tensor, prompt_targets: torch.Tensor, hard: 
     small enough not to pull a ten-pixel structure's level towards 0 by more than 0.1 %."""
     weights = _slot_weights(slot_logits, dim=2, hard=hard)
     mass = weights.sum(dim=(1, 3, 4))
-    return (weights * prompt_targets.float()).sum(dim=(1, 3, 4)) / (mass + 0.01)
+    return (weights * prompt_targets.float()).sum(dim=(1, 3, 4)) / (mass + EMPTY_SLOT_MASS)
+
+
+def slot_class_shares(slot_logits: torch.Tensor, prompt_targets: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Each slot's share of each level among the prompt pixels sorted into it (softly).
+
+    slot_logits (B, k, K, H, W) of the prompt images, prompt_targets (B, k, 1, H, W) coloured in
+    `levels` (C,), background first -> (B, K, C), each row summing to 1. Levels are matched exactly
+    (colouring and nearest resizing copy them). A slot the prompts leave empty votes background,
+    with the prior mass `slot_colours` gives it."""
+    weights = torch.softmax(slot_logits.float(), dim=2)
+    members = (prompt_targets.float() == levels.float().view(1, 1, -1, 1, 1)).float()  # (B, k, C, H, W)
+    mass = torch.einsum("bjkhw,bjchw->bkc", weights, members)
+    mass[..., 0] += EMPTY_SLOT_MASS
+    return mass / mass.sum(dim=-1, keepdim=True)
+
+
+def vote_slots(slot_logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
+    """Each pixel's vote for each level: its slot probabilities (B, K, H, W) times the slots'
+    level shares (B or 1, K, C) -> (B, C, H, W)."""
+    return torch.einsum("bkhw,bkc->bchw", torch.softmax(slot_logits.float(), dim=1), shares.expand(slot_logits.shape[0], -1, -1))
 
 
 def paint_slots(slot_logits: torch.Tensor, colours: torch.Tensor, hard: bool = False) -> torch.Tensor:

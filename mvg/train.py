@@ -227,12 +227,14 @@ def with_colour_table(config: MVGConfig, sampler: EpisodeSampler) -> MVGConfig:
     return config.with_overrides(objective={"colour_table": sampler.table.datasets})
 
 
-def load_trained(directory: str | Path) -> tuple[MVG, MVGConfig, int]:
-    """The model (eval mode, CPU), config and step of a training checkpoint directory."""
+def load_trained(directory: str | Path, overrides: dict | None = None) -> tuple[MVG, MVGConfig, int]:
+    """The model (eval mode, CPU), config and step of a training checkpoint directory. `overrides`
+    (`{"model": {"slot_inference": "vote"}}`) change how the trained weights are used; one that
+    changes their shapes is refused by the weights' loading."""
     state = load_checkpoint(directory)
     if state is None:
         raise FileNotFoundError(f"no {CHECKPOINT_FILE} in {directory}")
-    config = MVGConfig.from_dict(state["config"])
+    config = MVGConfig.from_dict(state["config"]).with_overrides(**(overrides or {}))
     model = MVG(config)
     model.load_state_dict(state["model"])
     return model.eval(), config, state["step"]

@@ -45,7 +45,8 @@ from storage.store import Sample, StoredDataset, ZarrStore, prepare_dataset, wri
 
 torch.set_num_threads(2)
 
-CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})  # 64 px
+# 64 px; decoded from painted levels: the stand-ins below paint (`predict`), they cast no slot votes
+CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3, "slot_inference": "soft"})
 STORED_SIZE = 80  # the phantom store's in-plane size
 
 
@@ -68,9 +69,9 @@ class CountingEncodings(MVG):
 
     encoded = 0
 
-    def encode_prompts(self, prompt_images, prompt_targets, task="segmentation"):
+    def encode_prompts(self, prompt_images, prompt_targets, task="segmentation", levels=None):
         self.encoded += prompt_images.shape[0]
-        return super().encode_prompts(prompt_images, prompt_targets, task)
+        return super().encode_prompts(prompt_images, prompt_targets, task, levels)
 
 
 @pytest.fixture(scope="module")
@@ -141,9 +142,10 @@ def test_image_volume_is_unit_float32(model):
     assert 0 <= painted.min() and painted.max() <= 1
 
 
-def test_slices_sharing_a_prompt_slice_share_one_encoding():
+@pytest.mark.parametrize("slot_inference", ["soft", "vote"])
+def test_slices_sharing_a_prompt_slice_share_one_encoding(slot_inference):
     torch.manual_seed(0)
-    counting = CountingEncodings(CONFIG)
+    counting = CountingEncodings(CONFIG.with_overrides(model={"slot_inference": slot_inference}))
     # 3 prompt slices for 12 query slices: each prompt slice serves 4 consecutive query slices
     paint_volume(counting, [images((3, 64, 64))], [labels(3, 64, 64, empty_every=9)], images((12, 64, 64)),
                  "segmentation", batch_size=6)

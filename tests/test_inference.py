@@ -18,10 +18,24 @@ CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "
 
 
 class CopyPrompt(MVG):
-    """Paints the first prompt target whatever the query: what comes back must be the prompt itself."""
+    """Paints the first prompt target whatever the query: what comes back must be the prompt itself.
+    Decoded from its painted levels (`slot_inference="soft"`), as a model without slot votes is."""
+
+    def __init__(self, config):
+        super().__init__(config.with_overrides(model={"slot_inference": "soft"}))
 
     def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
         return prompt_targets[:, 0]
+
+
+class VoteForThePrompt(MVG):
+    """Votes, at every pixel, for the level the first prompt target has there; paints nothing."""
+
+    def predict_class_scores(self, query, prompt_images, prompt_targets, levels, task="segmentation"):
+        return (prompt_targets[:, 0] == levels.view(1, -1, 1, 1)).float()
+
+    def predict(self, *args, **kwargs):
+        raise AssertionError("a voting model's segmentation is read from its votes, not its painting")
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +86,16 @@ def test_copying_the_prompt_returns_its_label_map_exactly():
     prompt[0, 40:50, 20:30] = 255
     painted = paint(CopyPrompt(CONFIG), images(1, 64, 64), prompt, images(2, 64, 64, seed=1))
     np.testing.assert_array_equal(painted, np.repeat(prompt, 2, axis=0))
+
+
+def test_a_voting_model_returns_the_class_its_votes_pick():
+    prompt = np.zeros((1, 64, 64), dtype=np.uint8)
+    prompt[0, 5:30, 5:20] = 3
+    prompt[0, 30:60, 10:50] = 7
+    voting = VoteForThePrompt(CONFIG)
+    assert voting.config.slot_inference == "vote", "tiny-cpu reads its classes from slot votes"
+    painted = paint(voting, images(1, 64, 64), prompt, images(2, 80, 80, seed=1))
+    np.testing.assert_array_equal(painted, copy_prompt(prompt, (2, 80, 80)))
 
 
 @pytest.mark.parametrize("pairs", [1, 2])

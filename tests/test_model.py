@@ -10,7 +10,7 @@ import torch
 
 from mvg.colouring import binary, random_colouring
 from mvg.config import PRESETS, TASKS, ModelConfig, ObjectiveConfig, preset
-from mvg.model import MVG, paint_slots, pixel_places, slot_colours
+from mvg.model import MVG, paint_slots, pixel_places, slot_class_shares, slot_colours, vote_slots
 from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights
 from mvg.step import episode_losses
 from storage.phantoms import phantom_case
@@ -115,7 +115,8 @@ def test_prompt_cache_equals_reencoding(pairs):
     assert float(cached.min()) >= 0 and float(cached.max()) <= 1
 
 
-PAPER = {"decoder": "paper", "prompt_readout": False, "image_residual": False, "readout_slots": 0, "task_conditioning": False}  # tiny-cpu's unet options off
+PAPER = {"decoder": "paper", "prompt_readout": False, "image_residual": False, "readout_slots": 0, "task_conditioning": False,
+         "slot_inference": "soft"}  # tiny-cpu's unet options off
 
 
 @pytest.mark.parametrize("decoder", [PAPER, {**PAPER, "pixel_skip_channels": 8}, {"decoder": "unet"}, {"decoder": "unet", "fuse_pairs": True},
@@ -190,7 +191,7 @@ RESIDUAL_PAINTINGS = {
 
 @pytest.mark.parametrize("form", sorted(RESIDUAL_PAINTINGS))
 def test_image_residual_gate_opens_to_the_image_and_closes_to_the_painting(form):
-    model = tiny(decoder="unet", image_residual=True, residual_form=form, readout_slots=0)  # the painting and its gate alone
+    model = tiny(decoder="unet", image_residual=True, residual_form=form, readout_slots=0, slot_inference="soft")  # the painting and its gate alone
     config = model.config
     features = torch.randn(2, config.tokens_per_image, 4 * config.embed_dim)
     image = torch.rand(2, 1, config.image_size, config.image_size)
@@ -319,6 +320,42 @@ def test_argmax_slot_inference_paints_only_prompt_levels_where_soft_mixes_them()
     assert torch.allclose(model.forward_ar(px, levels, x)[1], soft.train().forward_ar(px, levels, x)[1], atol=1e-5), "training paints soft"
     with pytest.raises(ValueError, match="slot_inference"):
         preset("tiny-cpu").with_overrides(model={"slot_inference": "median"})
+
+
+def test_slot_votes_pick_one_of_the_mixed_classes_where_levels_pass_a_third():
+    """A pixel split between the slot of a class at level 2/3 and the background's slot paints 1/3,
+    the level of a third class, which nearest-level decoding reads as that class. The slots' class
+    shares vote for one of the two classes actually mixed."""
+    levels = torch.tensor([0.0, 1 / 3, 2 / 3])
+    prompt = torch.tensor([0.0, 0.0, 2 / 3, 2 / 3, 1 / 3]).view(1, 1, 1, 1, 5)  # background, class 2, class 1
+    confident = torch.full((1, 1, 3, 1, 5), -20.0)
+    for pixel, slot in enumerate([0, 0, 1, 1, 2]):  # each prompt pixel in its class's slot
+        confident[0, 0, slot, 0, pixel] = 20.0
+    shares = slot_class_shares(confident, prompt, levels)
+    assert torch.allclose(shares.sum(dim=-1), torch.ones(1, 3))
+    assert shares[0].argmax(dim=-1).tolist() == [0, 2, 1], "each slot holds its own class"
+    split = torch.tensor([0.0, 0.0, -20.0]).view(1, 3, 1, 1)  # half background slot, half class-2 slot
+    painted = paint_slots(split, slot_colours(confident, prompt))
+    assert float(painted) == pytest.approx(1 / 3, abs=0.01), "the soft painting lands on class 1's level"
+    votes = vote_slots(split, shares)[0, :, 0, 0]
+    assert votes[1] < 0.01 and votes[0] + votes[2] == pytest.approx(1.0, abs=1e-4), "the vote stays with the two mixed classes"
+    empty = torch.full((1, 1, 2, 1, 5), -20.0)
+    empty[0, 0, 0] = 20.0  # slot 1 holds no prompt pixel
+    assert int(slot_class_shares(empty, prompt, levels)[0, 1].argmax()) == 0, "an empty slot votes background"
+
+
+def test_class_scores_vote_only_for_levels_the_prompt_shows():
+    model = tiny(decoder="unet", readout_slots=4, slot_share="task", slot_inference="vote")
+    px, _, x, _ = images(2, 1)
+    px[1] = px[0]  # rows share one prompt: one encoding
+    coloured = torch.where(px > 0.6, 0.75, 0.0)
+    levels = torch.tensor([0.0, 0.25, 0.75])  # 0.25 is in the colouring but no prompt pixel shows it
+    scores = model.predict_class_scores(x, px, coloured, levels)
+    assert scores.shape == (2, 3, 64, 64)
+    assert torch.allclose(scores.sum(dim=1), torch.ones(2, 64, 64), atol=1e-5)
+    assert float(scores[:, 1].max()) < 1e-6, "a level no prompt pixel shows gets no vote"
+    with pytest.raises(ValueError, match="readout_slots"):
+        preset("tiny-cpu").with_overrides(model={"readout_slots": 0})
 
 
 def test_unchanged_pixels_of_image_targets_weigh_less():

@@ -37,7 +37,8 @@ from tests.conftest import LPS_AFFINE, ct_case
 
 torch.set_num_threads(2)
 
-CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})  # 64 px
+# 64 px; decoded from painted levels: the stand-ins below paint (`predict`), they cast no slot votes
+CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3, "slot_inference": "soft"})
 SIZE = CONFIG.model.image_size
 
 # An oblique scan stored in a permuted, flipped axis order: file axes run I, L, A (not R, A, S),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -69,3 +70,25 @@ def test_spread_refuses_runs_that_judge_other_figures():
     other = {"training": {"seed": 1}, "targets": run_of(1, 0.5, 25.0)["targets"][:1]}
     with pytest.raises(ValueError, match="seed 1 judges other figures"):
         spread([run_of(0, 0.56, 24.8), other])
+
+
+def test_a_run_s_weights_are_reevaluated_with_inference_overrides_and_its_training_record(tmp_path):
+    from benchmarks.real import _trained_before
+    from mvg.config import preset
+    from mvg.model import MVG
+    from mvg.train import save_checkpoint
+
+    config = preset("tiny-cpu").with_overrides(model={"depth": 1, "embed_dim": 48, "num_heads": 3, "slot_inference": "soft"})
+    model = MVG(config)
+    save_checkpoint(tmp_path / "run", {"model": model.state_dict(), "config": config.to_dict(), "step": 12})
+    record = {"steps": 12, "seed": 1, "episodes": 96}
+    (tmp_path / "run.json").write_text(json.dumps({"training": record}))
+
+    loaded, loaded_config, training = _trained_before(tmp_path / "run.json", {"model": {"slot_inference": "vote"}})
+    assert loaded_config.model.slot_inference == "vote" and loaded.config.slot_inference == "vote"
+    assert training == {**record, "reevaluated_from": str(tmp_path / "run.json"), "overrides": {"model": {"slot_inference": "vote"}}}
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values())), "the same weights"
+
+    (tmp_path / "run.json").write_text(json.dumps({"training": {**record, "steps": 13}}))
+    with pytest.raises(SystemExit, match="13 steps but the weights beside it are at step 12"):
+        _trained_before(tmp_path / "run.json", {})

@@ -145,10 +145,10 @@ def main() -> None:
     run_name = args.name or (f"reevaluate-{args.reevaluate.stem}" if args.reevaluate else f"real-{args.minutes:g}min")
 
     with scratch(args.work, "mvg-bench-real-") as work, mlflow.start_run(run_name=run_name):
+        mlflow.log_params({s.partition("=")[0]: s.partition("=")[2] for s in args.set})
         reevaluated = None if args.reevaluate is None else _trained_before(args.reevaluate, overrides)
         if reevaluated is not None:
-            mlflow.log_params({"reevaluated": str(args.reevaluate), "steps": reevaluated[2]["steps"],
-                               **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
+            mlflow.log_params({"reevaluated": str(args.reevaluate), "steps": reevaluated[2]["steps"]})
         config = preset(args.preset).with_overrides(**overrides) if reevaluated is None else reevaluated[1]
         started = time.perf_counter()
         store = work / "store"
@@ -163,8 +163,7 @@ def _train(args: argparse.Namespace, config, store: Path) -> tuple:
     """Train within the budget; keep the weights beside the result. -> (model, config, training record)."""
     config = budgeted(config, [store], args.minutes, args.steps)
     steps = config.optim.steps
-    mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed,
-                       **{s.partition("=")[0]: s.partition("=")[2] for s in args.set}})
+    mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed})
     began = time.perf_counter()
     trained = train(config, [store], log_every=100, seed=args.seed, on_log=lambda row: print(
         f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s) "

@@ -258,16 +258,13 @@ def paint_volume(
                 shown = torch.stack([present for _, _, present in pairs]).any(dim=0) if segmentation else None
                 painted_passes.append((prediction.float() if votes else prediction[:, 0].float(), shown))
             if segmentation:
-                if votes:
-                    (scores, shown), (_, levels) = painted_passes[0], passes[0]
-                    allowed = shown if decode == "prompt" else torch.ones_like(shown)
-                    labels = levels.vote(scores, allowed)
-                elif per_class:
+                if per_class:
                     labels = _brightest_class(painted_passes, sorted(colouring.levels), decode)
-                else:
+                else:  # one pass: painted levels, or votes for them
                     (prediction, shown), (_, levels) = painted_passes[0], passes[0]
                     allowed = shown if decode == "prompt" else torch.ones_like(shown)
-                    labels = levels.decode(prediction, allowed)  # at the model's size: see module doc
+                    # at the model's size: see module doc
+                    labels = levels.vote(prediction, allowed) if votes else levels.decode(prediction, allowed)
                 prediction = resize_images(labels[:, None].float(), (height, width), labels=True)[:, 0].long()
             else:
                 prediction = painted_passes[0][0][:, None]

@@ -663,7 +663,7 @@ def slot_class_shares(slot_logits: torch.Tensor, prompt_targets: torch.Tensor, l
     `levels` (C,), background first -> (B, K, C), each row summing to 1. Levels are matched exactly
     (colouring and nearest resizing copy them). A slot the prompts leave empty votes background,
     with the prior mass `slot_colours` gives it."""
-    weights = torch.softmax(slot_logits.float(), dim=2)
+    weights = _slot_weights(slot_logits, dim=2, hard=False)
     members = (prompt_targets.float() == levels.float().view(1, 1, -1, 1, 1)).float()  # (B, k, C, H, W)
     mass = torch.einsum("bjkhw,bjchw->bkc", weights, members)
     mass[..., 0] += EMPTY_SLOT_MASS
@@ -673,7 +673,8 @@ def slot_class_shares(slot_logits: torch.Tensor, prompt_targets: torch.Tensor, l
 def vote_slots(slot_logits: torch.Tensor, shares: torch.Tensor) -> torch.Tensor:
     """Each pixel's vote for each level: its slot probabilities (B, K, H, W) times the slots'
     level shares (B or 1, K, C) -> (B, C, H, W)."""
-    return torch.einsum("bkhw,bkc->bchw", torch.softmax(slot_logits.float(), dim=1), shares.expand(slot_logits.shape[0], -1, -1))
+    weights = _slot_weights(slot_logits, dim=1, hard=False)
+    return torch.einsum("bkhw,bkc->bchw", weights, shares.expand(slot_logits.shape[0], -1, -1))
 
 
 def paint_slots(slot_logits: torch.Tensor, colours: torch.Tensor, hard: bool = False) -> torch.Tensor:

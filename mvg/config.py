@@ -103,6 +103,14 @@ class ModelConfig:
     # ventricles' blood) then differ by where they are, not only through the patch tokens' position
     # embeddings at 1/8 resolution.
     coordinates: bool = False
+    # Departure from the paper, at inference only: these tasks' paintings are averaged over the
+    # query's four mirror images (as stored, left-right, up-down, both), each applied to the query
+    # and its prompts alike and undone on the painting, as nnU-Net averages mirrored predictions:
+    # the model's errors that do not turn with the image cancel, at four passes' cost. On the real
+    # benchmark's release weights (two seeds, paired): low-dose CT +0.06 / +0.09 dB, synthesis
+    # +0.35 / +0.38 dB; segmentation lost (ACDC 0.550 -> 0.446: the slots sort upright anatomy),
+    # and so did the inpainting's whole-image SSIM (docs/model-quality.md)
+    test_time_flips: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -115,6 +123,9 @@ class ModelConfig:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
         if self.slot_inference == "vote" and not self.readout_slots:
             raise ValueError("model.slot_inference = 'vote' reads classes from the slots: it needs model.readout_slots > 0")
+        unknown = sorted(set(self.test_time_flips) - set(TASKS))
+        if unknown:
+            raise ValueError(f"model.test_time_flips: {', '.join(unknown)} not a task ({', '.join(TASKS)})")
         if 0.0 < self.void_level <= 1.0:
             raise ValueError(f"model.void_level must be 0 (off) or outside the images' range [0, 1], not {self.void_level}")
         for option in ("prompt_readout", "image_residual", "readout_slots", "task_conditioning", "coordinates"):
@@ -201,8 +212,19 @@ class DataConfig:
     # an inpainting mask moved by a random shift and mirror (mvg.holes): a one-volume inpainting
     # release otherwise teaches that volume's fill, not inpainting (0 = off)
     hole_episodes: float = 0.0
+    # A departure from the paper: each pair of a denoising episode is shown at another dose, its
+    # input's noise (input - target) scaled by a factor drawn uniformly from this range, per pair
+    # and clipped to [0, 1] ((1, 1) = off). A difference of two CT doses scaled by s is the noise of
+    # a dose about 1 / s^2 the input's, so the 26 low-dose CT pairs of the real store teach a range
+    # of noise levels (the test patients' quarter dose is 1.4 times as noisy as the training
+    # patients'), each drawn pair a new noise realisation; the prompt and the query get their own
+    # factor, so the model reads the query's noise level from the query.
+    noise_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self):
+        low, high = self.noise_scale
+        if not 0.0 <= low <= high:
+            raise ValueError(f"data.noise_scale is a range (low, high) with 0 <= low <= high, not {self.noise_scale}")
         unknown = sorted(set(self.dihedral_tasks) - set(TASKS))
         if unknown:
             raise ValueError(f"data.dihedral_tasks: {', '.join(unknown)} not among the tasks {', '.join(TASKS)}")

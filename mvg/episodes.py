@@ -20,7 +20,9 @@ the model's image size. `EpisodeSampler.sample()` draws one in the paper's order
    same class has the same grey level in every prompt target and the query target;
 8. with `DataConfig.dihedral` (a departure from the paper), or for the tasks in
    `DataConfig.dihedral_tasks`, one of the square's eight symmetries for the whole episode: every
-   image and target of it is flipped and turned alike.
+   image and target of it is flipped and turned alike;
+9. denoising only, with `DataConfig.noise_scale` (a departure from the paper): each pair's input
+   noise, input minus target, scaled by its own factor drawn from that range.
 
 With `DataConfig.hole_episodes` (a departure from the paper), that share of the inpainting episodes
 is cut instead of read, after step 3: full slices of another volume of the inpainting datasets'
@@ -376,6 +378,8 @@ class EpisodeSampler:
     ) -> Episode:
         """The episode of these pairs (k prompts, then the query), turned by a symmetry of the
         square when `data.dihedral` or `data.dihedral_tasks` asks, with its provenance."""
+        if task == "denoising" and self.data.noise_scale != (1.0, 1.0):
+            images = self._rescaled_noise(images, targets)
         symmetry = None
         if self.data.dihedral or task in self.data.dihedral_tasks:
             symmetry = (int(self.rng.integers(4)), bool(self.rng.integers(2)))
@@ -403,6 +407,12 @@ class EpisodeSampler:
             colouring=dict(colouring.levels) if colouring is not None else {},
             source=source,
         )
+
+    def _rescaled_noise(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Each pair's input at another dose: target + s * (input - target), s drawn per pair from
+        `data.noise_scale`, clipped to [0, 1] as the stored windows are."""
+        scales = self.rng.uniform(*self.data.noise_scale, size=(len(images), 1, 1)).astype(np.float32)
+        return np.clip(targets + scales * (images - targets), 0.0, 1.0)
 
     def _query_slice(self, dataset: _Dataset, case: int, task: str) -> int:
         foreground = dataset.foreground[case]

@@ -69,6 +69,7 @@ Our decisions where the paper is silent:
 from __future__ import annotations
 
 import contextlib
+import functools
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -83,6 +84,8 @@ from mvg.model import MVG
 from mvg.pixels import show_void, unit_float
 
 DECODE_LEVELS = ("prompt", "all")
+# (up-down, left-right): as stored first, so MIRRORS[:1] paints once
+MIRRORS = ((False, False), (False, True), (True, False), (True, True))
 
 
 # ------------------------------------------------------------------------------ prompt slices and colours
@@ -250,11 +253,13 @@ def paint_volume(
                 shown_images = show_void(torch.stack([images for images, _, _ in pairs], dim=1), void_level)
                 shown_targets = torch.stack([targets for _, targets, _ in pairs], dim=1)
                 if votes:  # always through the prompt cache, which holds the slots' shares
-                    prediction = model.predict_class_scores(queries, shown_images, shown_targets, levels.values, task)
+                    predict = functools.partial(model.predict_class_scores, levels=levels.values, task=task)
                 elif cache:
-                    prediction = model.predict(queries, shown_images, shown_targets, task)
+                    predict = functools.partial(model.predict, task=task)
                 else:
-                    prediction = model.predict_uncached(queries, shown_images, shown_targets, task)
+                    predict = functools.partial(model.predict_uncached, task=task)
+                flips = MIRRORS if task in model.config.test_time_flips else MIRRORS[:1]
+                prediction = mirrored_mean(predict, queries, shown_images, shown_targets, flips)
                 shown = torch.stack([present for _, _, present in pairs]).any(dim=0) if segmentation else None
                 painted_passes.append((prediction.float() if votes else prediction[:, 0].float(), shown))
             if segmentation:
@@ -275,6 +280,30 @@ def paint_volume(
             if on_batch is not None:
                 on_batch(len(rows))
     return painted
+
+
+def mirrored_mean(
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    queries: torch.Tensor,
+    prompt_images: torch.Tensor,
+    prompt_targets: torch.Tensor,
+    mirrors: Sequence[tuple[bool, bool]] = MIRRORS,
+) -> torch.Tensor:
+    """`predict(queries, prompt_images, prompt_targets)` averaged over `mirrors`, each (up-down,
+    left-right) applied to the queries and the prompts alike, so the episode stays aligned, and
+    undone on the prediction before averaging (`ModelConfig.test_time_flips`)."""
+    total = None
+    for mirror in mirrors:
+        turned = [_mirrored(tensor, mirror) for tensor in (queries, prompt_images, prompt_targets)]
+        prediction = _mirrored(predict(*turned).float(), mirror)  # a mirror is its own inverse
+        total = prediction if total is None else total + prediction
+    return total / len(mirrors)
+
+
+def _mirrored(tensor: torch.Tensor, mirror: tuple[bool, bool]) -> torch.Tensor:
+    """The last two dimensions mirrored up-down and/or left-right."""
+    dims = [dim for dim, flipped in zip((-2, -1), mirror) if flipped]
+    return tensor.flip(dims) if dims else tensor
 
 
 def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], classes: list[int], decode: str) -> torch.Tensor:

@@ -420,3 +420,36 @@ def test_weighted_index_follows_the_shares_and_stays_in_range():
             return 0.9999999
 
     assert weighted_index(np.array([0.5, 0.9999990]), Top()) == 1
+
+
+def test_noise_scale_shows_each_denoising_pair_at_its_own_dose(store):
+    """`noise_scale`: a denoising pair's input is its target plus its own noise scaled by a factor
+    from the range (clipped to [0, 1]); prompt and query get their own factors; targets, sources
+    and every other task's episodes are as drawn without it."""
+    factors = []
+    for seed in range(40):
+        plain = sampler(store, DATA, seed=seed).sample()
+        dosed = sampler(store, replace(DATA, noise_scale=(0.5, 2.0)), seed=seed).sample()
+        assert dosed.task == plain.task and dosed.source == plain.source
+        assert np.array_equal(dosed.query_target, plain.query_target)
+        if plain.task != "denoising":
+            assert np.array_equal(dosed.query_image, plain.query_image)
+            continue
+        pairs = [(plain.query_image, dosed.query_image, plain.query_target)]
+        pairs += list(zip(plain.prompt_images, dosed.prompt_images, plain.prompt_targets))
+        episode_factors = []
+        for plain_image, dosed_image, target in pairs:
+            noise = plain_image - target
+            unclipped = (dosed_image > 0) & (dosed_image < 1)  # where the factor shows exactly
+            factor = float((noise * (dosed_image - target))[unclipped].sum() / (noise * noise)[unclipped].sum())
+            assert 0.5 <= factor <= 2.0
+            np.testing.assert_allclose(dosed_image, np.clip(target + factor * noise, 0, 1), atol=1e-5)
+            episode_factors.append(factor)
+        factors.append(episode_factors)
+    assert factors, "no denoising episode was drawn"
+    assert any(len(set(np.round(episode, 4))) > 1 for episode in factors), "prompt and query share one factor"
+
+
+def test_noise_scale_must_be_a_range():
+    with pytest.raises(ValueError, match="noise_scale"):
+        DataConfig(noise_scale=(2.0, 0.5))

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from mvg.config import preset
 from mvg.evaluation import copy_prompt
-from mvg.inference import paint, prompt_colouring
+from mvg.inference import MIRRORS, mirrored_mean, paint, prompt_colouring
 from mvg.model import MVG
 
 torch.set_num_threads(2)
@@ -246,3 +246,41 @@ def test_an_inpainting_void_is_shown_at_the_model_s_void_level(model):
     paint(marking, prompts, prompt_targets, queries, task="denoising")
     query, prompt = marking.shown
     assert bool((query >= 0).all()) and bool((prompt >= 0).all())
+
+
+class PaintsARamp(MVG):
+    """Paints its query plus a left-to-right ramp: an error that does not turn with the image."""
+
+    def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
+        return query + torch.linspace(-0.1, 0.1, query.shape[-1])
+
+
+def test_mirrored_paintings_cancel_an_error_that_does_not_turn_with_the_image():
+    """`test_time_flips`: the listed tasks' paintings are averaged over the four mirror images, so
+    the ramp, odd under the left-right mirror, cancels; other tasks are painted once, ramp and all."""
+    queries = images(2, 64, 64, seed=1) * 0.5 + 0.25
+    prompts, prompt_targets = images(1, 64, 64), images(1, 64, 64, seed=2)
+    flipping = PaintsARamp(CONFIG.with_overrides(model={"test_time_flips": ("denoising",)}))
+    denoised = paint(flipping, prompts, prompt_targets, queries, task="denoising")
+    np.testing.assert_allclose(denoised, queries, atol=1e-6)
+    synthesised = paint(flipping, prompts, prompt_targets, queries, task="synthesis")
+    assert np.abs(synthesised - queries).max() > 0.09
+
+
+def test_a_mirror_turns_the_query_and_its_prompts_alike():
+    """A painting that multiplies the query by the prompt pixel at the same place is the same
+    through every mirror only if query and prompts are mirrored together, and undone after."""
+    queries, prompt_images, prompt_targets = (torch.rand(2, 1, 8, 8), torch.rand(2, 1, 1, 8, 8), torch.rand(2, 1, 1, 8, 8))
+
+    def pointwise(query, images, targets):
+        return query * images[:, 0] + targets[:, 0]
+
+    once = pointwise(queries, prompt_images, prompt_targets)
+    for mirror in MIRRORS:
+        torch.testing.assert_close(mirrored_mean(pointwise, queries, prompt_images, prompt_targets, [mirror]), once)
+    torch.testing.assert_close(mirrored_mean(pointwise, queries, prompt_images, prompt_targets), once)
+
+
+def test_test_time_flips_name_tasks():
+    with pytest.raises(ValueError, match="model.test_time_flips: segmentaton not a task"):
+        CONFIG.with_overrides(model={"test_time_flips": ("segmentaton",)})

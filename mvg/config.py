@@ -302,13 +302,16 @@ PRESETS: dict[str, MVGConfig] = {
     #   known pixels kept at inference, voids shown at -1 and the decoder told its task (a model
     #   taught to fill zeros otherwise fills a CT's air);
     # - segmentation classes read from the slots' class votes rather than the painted grey levels
-    #   (the same weights: every segmentation set gained).
+    #   (the same weights: every segmentation set gained);
+    # - denoising and synthesis painted as the mean over the four mirror images (the same weights:
+    #   both gained; segmentation and inpainting lost, so they paint once).
     "tiny-cpu": MVGConfig(
         name="tiny-cpu",
         model=ModelConfig(
             image_size=64, patch_size=8, embed_dim=192, depth=4, num_heads=3, decoder_channels=32, drop_path=0.0,
             decoder="unet", prompt_readout=True, image_residual=True, readout_slots=16, slot_share="task",
             keep_known_pixels=True, task_conditioning=True, void_level=-1.0, slot_inference="vote",
+            test_time_flips=("denoising", "synthesis"),
         ),
         objective=ObjectiveConfig(
             mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0, slot_likelihood_weight=0.01,

@@ -230,6 +230,7 @@ def paint_volume(
         per_class = getattr(model, "colouring", "random") == "binary"
     # classes read from the slots' votes rather than decoded from painted levels (ModelConfig.slot_inference)
     votes = segmentation and not per_class and model.config.slot_inference == "vote"
+    mirrors = MIRRORS if task in model.config.test_time_flips else MIRRORS[:1]  # model.test_time_flips
     # one (colouring, levels) per pass: the volume's colouring, or class c alone at level 1
     if not segmentation:
         passes = [(None, None)]
@@ -264,10 +265,9 @@ def paint_volume(
                     predict = functools.partial(model.predict, task=task)
                 else:
                     predict = functools.partial(model.predict_uncached, task=task)
-                flips = MIRRORS if task in model.config.test_time_flips else MIRRORS[:1]
-                prediction = mirrored_mean(predict, queries, shown_images, shown_targets, flips)
+                prediction = mirrored_mean(predict, queries, shown_images, shown_targets, mirrors)
                 shown = torch.stack([present for _, _, present in pairs]).any(dim=0) if segmentation else None
-                painted_passes.append((prediction.float() if votes else prediction[:, 0].float(), shown))
+                painted_passes.append((prediction if votes else prediction[:, 0], shown))  # float: mirrored_mean
             if segmentation:
                 if per_class:
                     labels = _brightest_class(painted_passes, sorted(colouring.levels), decode)

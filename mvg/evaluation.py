@@ -6,7 +6,9 @@ The protocol, and our decisions where the paper is silent:
 - Painting. Every test volume is painted by `mvg.inference.paint_volume`, whose docstring holds
   the painting decisions: the prompt slice at the same relative depth, floor(n * N_prompt /
   N_query) (paper 3.3), empty prompt slices kept, one colouring per volume from the dataset's
-  classes, decoding among the levels the prompt shows, at the model's size.
+  classes, decoding among the levels the prompt shows, at the model's size. With
+  `ModelConfig.largest_components`, each class the dataset's spec declares one connected structure
+  then keeps its largest connected component (`mvg.postprocessing`); the baseline is not touched.
 - Prompt draws. Each draw picks `shots` distinct training cases per test case with
   `np.random.default_rng([seed, draw, case index])`; the model and the baseline see the same draw.
   Several draws measure how much the scores depend on which training case prompts (the paper
@@ -44,6 +46,7 @@ from mvg.inference import image_tensor, paint_volume, prompt_slice_index, resize
 from mvg.metrics import SSIM_BORDER, dice_per_class, iou_per_class, mae, mean_over_classes, psnr, ssim
 from mvg.model import MVG
 from mvg.montage import prediction_montage
+from mvg.postprocessing import keep_largest_components
 from mvg.pixels import unit_float
 from storage.scratch import scratch_beside
 from storage.shards import CorruptShard
@@ -166,6 +169,8 @@ def evaluate_dataset(
 
     classes = sorted(int(value) for value in spec.classes if int(value) != 0)
     paint = partial(paint_volume, model, batch_size=batch_size, device=device, classes=classes or None, decode=decode, per_class=per_class)
+    if task == "segmentation" and model.config.largest_components and spec.connected_classes:
+        paint = _keeping_largest_components(paint, spec.connected_classes)
     # a pre-defined-colour model is shown the levels it was trained to give this dataset's classes
     colour = partial(trained_colouring, model, dataset.name)
     rows: list[dict] = []
@@ -187,6 +192,15 @@ def evaluate_dataset(
     metrics = tuple(key for key in rows[0] if key not in ("dataset", "task", "case", "draw", "method", "prompts"))
     return DatasetEvaluation(dataset.name, task, draws, shots, seed, rows, metrics,
                              summarise(rows, metrics, draws), montage, failed)
+
+
+def _keeping_largest_components(paint: Callable[..., np.ndarray], classes: Sequence[int]) -> Callable[..., np.ndarray]:
+    """`paint`, its paintings post-processed by `keep_largest_components` (ModelConfig.largest_components)."""
+
+    def paint_and_keep(*args, **kwargs) -> np.ndarray:
+        return keep_largest_components(paint(*args, **kwargs), classes)
+
+    return paint_and_keep
 
 
 def _evaluate_case(

@@ -411,8 +411,9 @@ def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> Datase
         spec_fields["classes"] = {int(k): v for k, v in spec_fields["classes"].items()}
     if "label_map" in spec_fields:
         spec_fields["label_map"] = {int(k): int(v) for k, v in spec_fields["label_map"].items()}
-    if spec_fields.get("rescale") is not None:
-        spec_fields["rescale"] = tuple(spec_fields["rescale"])
+    for key in ("rescale", "connected_classes"):  # JSON lists; the spec holds tuples
+        if spec_fields.get(key) is not None:
+            spec_fields[key] = tuple(spec_fields[key])
     if spec is None and "spec" in header:
         spec = get_spec(header["spec"])
     if spec_fields.get("task", spec.task if spec else None) in IMAGE_TO_IMAGE_TASKS:

@@ -37,6 +37,10 @@ class DatasetSpec:
     label_map: the label file's values -> the stored class values, for releases whose label maps use
     other values than the classes (MS-CMRSeg's 200/500/600, JSRT's 150/200/250); a value neither
     0 nor in the map fails the case. Empty: the file's values are the classes.
+    connected_classes: the classes that are one connected structure in every case (a ventricle, a
+    lung, the heart), so that a painting may keep only each one's largest connected component
+    (`mvg.postprocessing`, nnU-Net's post-processing). Anatomy the recipe states, not measured:
+    leave out a class with several parts in one case (the lungs as one class, lesions).
     """
 
     name: str
@@ -55,6 +59,7 @@ class DatasetSpec:
     citation: str = ""
     expected: str = ""  # what a download must look like, in a sentence
     label_map: dict[int, int] = field(default_factory=dict)  # label file value -> class value
+    connected_classes: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -68,6 +73,9 @@ class DatasetSpec:
         undeclared = sorted(set(self.label_map.values()) - set(self.classes) - {0})
         if undeclared:
             raise ValueError(f"spec {self.name}: label_map gives class(es) {undeclared} that are not among its classes")
+        unknown = sorted(set(self.connected_classes) - set(self.classes))
+        if unknown:
+            raise ValueError(f"spec {self.name}: connected_classes {unknown} are not among its classes")
 
     @property
     def label_role(self) -> str:
@@ -87,7 +95,7 @@ class DatasetSpec:
         data = dict(data)
         data["classes"] = {int(k): v for k, v in data.get("classes", {}).items()}
         data["label_map"] = {int(k): int(v) for k, v in data.get("label_map", {}).items()}
-        for key in ("paper_cases", "rescale"):
+        for key in ("paper_cases", "rescale", "connected_classes"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -185,7 +193,7 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             "acdc", "ACDC", "Chest", "MRI", "segmentation", "release",
-            {1: "right ventricle", 2: "myocardium", 3: "left ventricle"}, "percentile",
+            {1: "right ventricle", 2: "myocardium", 3: "left ventricle"}, "percentile", connected_classes=(1, 2, 3),
             paper_cases=(100, 50), citation="Bernard et al., 2018",
             expected="the SSL4MIS ACDC release: slices/patientNNN_frameNN_slice_K.h5 (2-D training slices, stacked "
             "by K into one volume per patient and frame) and volumes/patientNNN_frameNN.h5, HDF5 keys image/label; "
@@ -219,14 +227,14 @@ BUILTIN_SPECS: dict[str, DatasetSpec] = {
         DatasetSpec(
             "cmr-mscmrseg", "MS-CMRSeg bSSFP cine", "Chest", "MRI", "segmentation", "release",
             {1: "left ventricle myocardium", 2: "left ventricle blood pool", 3: "right ventricle blood pool"},
-            "percentile", label_map={200: 1, 500: 2, 600: 3}, citation="Zhuang, 2019",
+            "percentile", label_map={200: 1, 500: 2, 600: 3}, connected_classes=(1, 2, 3), citation="Zhuang, 2019",
             expected="MS-CMRSeg 2019 bSSFP as pre-processed by Ouyang et al. (Q-Net): image_N.nii.gz and "
             "label_N.nii.gz, label values 200 LV myocardium, 500 LV blood pool, 600 RV blood pool (stored as 1, 2, 3)",
         ),
         DatasetSpec(
             "jsrt", "JSRT lungs and heart", "Chest", "X-ray", "segmentation", "release",
             {1: "right lung", 2: "left lung", 3: "heart"}, "percentile", label_map={150: 1, 200: 2, 250: 3},
-            citation="Shiraishi et al., 2000",
+            connected_classes=(1, 2, 3), citation="Shiraishi et al., 2000",
             expected="images/JPC*.png with masks/ of the same names, mask values 150 right lung, 200 left lung, "
             "250 heart (stored as 1, 2, 3)",
         ),

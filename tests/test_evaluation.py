@@ -525,3 +525,39 @@ def test_a_dataset_whose_test_cases_are_all_damaged_scores_nothing_and_says_whic
         evaluate_dataset(stand_in(CopyPrompt, 40), dataset)
     assert [row["case"] for row in raised.value.failed] == ["case_2", "case_3", "case_4"]
     assert pickle.loads(pickle.dumps(raised.value)).failed == raised.value.failed  # as Prefect may carry it
+
+
+# ------------------------------------------------------------------------------ largest components
+
+
+def islands_dataset(connected_classes=(3,)) -> MemoryDataset:
+    """Classes 3 and 7 as in `labels`; the training cases' class 3 also has a stray island in a far
+    corner, which the test cases' truth lacks. A model that copies its prompt paints the island."""
+    spec = DatasetSpec("memory-islands", "in memory", "Chest", "MRI", "segmentation", "nnunet",
+                       classes={3: "ventricle", 7: "myocardium"}, connected_classes=connected_classes)
+    cases = {}
+    for index, split in enumerate(("train", "train", "test", "test")):
+        truth = labels(6, 40, 40, empty_every=10)
+        if split == "train":
+            truth[:, 36:39, 36:39] = 3
+        cases[f"case_{index}"] = (split, Sample(images(truth.shape, seed=index).astype(np.float16), truth, None))
+    return MemoryDataset(spec, cases)
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_a_connected_class_keeps_only_its_largest_painted_component(largest):
+    copying = CopyPrompt(CONFIG.with_overrides(model={"image_size": 40, "largest_components": largest}))
+    evaluation = evaluate_dataset(copying, islands_dataset(), draws=2)
+    ours, baseline = (evaluation.summary[method]["IoU ventricle"].mean for method in (MODEL, COPY_PROMPT))
+    assert baseline < 1  # the copied island is scored against a truth without it
+    if largest:
+        assert ours == 1.0  # the island is gone, the ventricle itself is untouched
+    else:
+        assert ours == baseline
+    assert evaluation.summary[MODEL]["IoU myocardium"].mean == 1.0
+
+
+def test_classes_the_spec_does_not_declare_connected_keep_their_islands():
+    copying = CopyPrompt(CONFIG.with_overrides(model={"image_size": 40, "largest_components": True}))
+    evaluation = evaluate_dataset(copying, islands_dataset(connected_classes=(7,)), draws=1)
+    assert evaluation.summary[MODEL]["mIoU"].mean == evaluation.summary[COPY_PROMPT]["mIoU"].mean < 1

@@ -142,3 +142,15 @@ def test_manifest_stacks_slices_and_reads_h_w_d_volumes_by_slice_axis(tmp_path, 
     assert {r.case: r.status for r in again.results} == {"hwd": "ingested", "stacked": "skipped"}
     (tmp_path / "s.csv").write_text("case,image,slice_axis\nc,hwd.h5,-1\n")
     assert plan_dataset(tmp_path / "s.csv").cases[0].channels[0].slice_axis == -1
+
+
+def test_a_manifest_declares_its_connected_classes(tmp_path):
+    (tmp_path / "scan.png").write_bytes(b"")  # planning reads no pixels
+    header = {"name": "hearts", "task": "segmentation", "classes": {"1": "ventricle", "2": "scar"},
+              "connected_classes": [1], "cases": [{"case": "a", "image": "scan.png", "target": "scan.png"}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(header))
+    assert plan_dataset(tmp_path).spec.connected_classes == (1,)
+    header["connected_classes"] = [3]
+    (tmp_path / "manifest.json").write_text(json.dumps(header))
+    with pytest.raises(LayoutError, match=r"connected_classes \[3\] are not among its classes"):
+        plan_dataset(tmp_path)

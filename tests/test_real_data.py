@@ -422,3 +422,38 @@ def test_build_real_store_returns_what_it_built(shared_data, tmp_path, dask_clus
     assert any(line.startswith("ldct (denoising): 3 train, 0 test; 3 ingested") for line in lines), lines
     again = build_real_store(shared_data, tmp_path / "store", size=64, client=dask_cluster, datasets=chosen, log=lines.append)
     assert again == built and "0 ingested" in lines[-1], "a second build only checks the checksums"
+
+
+# --------------------------------------------------------------------------------- connected classes
+
+
+def outside_largest_component(labels: np.ndarray, value: int) -> tuple[int, int]:
+    """(voxels of class `value`, those outside its largest face-connected component)."""
+    components, count = ndimage.label(labels == value)
+    sizes = np.bincount(components.ravel())[1:]
+    return int(sizes.sum()), int(sizes.sum() - (sizes.max() if count else 0))
+
+
+def release_labels(shared_data: Path, spec: str):
+    folder = shared_data / RECIPES[spec].folder
+    if spec == "acdc":  # the test volumes: the training cases are stacks of the same slices
+        return (read_h5(path, "label") for path in sorted((folder / "volumes").glob("*.h5")))
+    if spec == "cmr-mscmrseg":
+        return (np.select([(v := load_nifti(p)) == 200, v == 500, v == 600], [1, 2, 3], 0)
+                for p in sorted(folder.glob("label_*.nii.gz")))
+    return (np.select([(m := picture(p)) == 150, m == 200, m == 250], [1, 2, 3], 0)
+            for p in sorted((folder / "masks").glob("*.png")))
+
+
+@pytest.mark.parametrize("spec", ["acdc", "cmr-mscmrseg", "jsrt"])
+def test_the_classes_a_spec_declares_connected_are_one_structure_in_the_release(shared_data, spec):
+    """What `mvg.postprocessing` relies on: nearly every voxel of a declared class lies in its
+    largest face-connected component, in the release's own labels at their own resolution."""
+    declared = plan_release(shared_data, spec).spec.connected_classes
+    assert declared == (1, 2, 3)
+    totals = Counter()
+    for labels in release_labels(shared_data, spec):
+        for value in declared:
+            voxels, outside = outside_largest_component(labels, value)
+            totals["voxels"], totals["outside"] = totals["voxels"] + voxels, totals["outside"] + outside
+    assert totals["voxels"] > 0 and totals["outside"] / totals["voxels"] < 0.01, totals

@@ -48,10 +48,23 @@ def add_predict_parser(commands) -> argparse.ArgumentParser:
     predict.add_argument("--task", default="segmentation", choices=TASKS, help="default: segmentation")
     predict.add_argument("--normalisation", default="auto", choices=NORMALISATION_CHOICES,
                          help="intensity scaling to [0, 1]: ct window, percentiles, or auto per file (default)")
+    predict.add_argument("--connected-classes", type=_class_list, default=(), metavar="C,C",
+                         help="segmentation classes that are one structure in the scan (e.g. 1,2,3 for the "
+                         "ventricles and myocardium): each keeps only its largest connected component")
     predict.add_argument("--batch-size", type=int, default=16, help="slices painted at once")
     predict.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda where there is one")
     predict.set_defaults(run=run_predict)
     return predict
+
+
+def _class_list(text: str) -> tuple[int, ...]:
+    try:
+        classes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of class values, e.g. 1,2,3") from None
+    if any(value <= 0 for value in classes):
+        raise argparse.ArgumentTypeError(f"class values are positive (0 is background), got {text!r}")
+    return classes
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -84,7 +97,8 @@ def _predict(args: argparse.Namespace):
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
     device = resolve_device(args.device)
-    prepared = prepare_prediction(list(zip(images, targets)), args.input, args.output, args.task, args.normalisation)
+    prepared = prepare_prediction(list(zip(images, targets)), args.input, args.output, args.task, args.normalisation,
+                                  args.connected_classes)
     model = load_model(args.model, device)
     from tqdm.auto import tqdm
 

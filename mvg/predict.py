@@ -39,6 +39,7 @@ from mvg.config import TASKS
 from mvg.inference import paint
 from mvg.loading import load_model  # noqa: F401 - part of this module's API: `mvg predict` in one place
 from mvg.model import MVG
+from mvg.postprocessing import keep_largest_components
 from storage.geometry import Geometry
 from storage.preprocess import intensity_scale, resize_slices, slice_classes
 from storage.readers import ReadError, Scan, format_of, read_scan
@@ -81,6 +82,7 @@ class PreparedPrediction:
     input_normalisation: str
     output_path: Path
     task: str
+    connected_classes: tuple[int, ...] = ()  # each keeps its largest connected component (mvg.postprocessing)
 
 
 @dataclass(frozen=True)
@@ -106,11 +108,12 @@ def predict_scan(
     batch_size: int = DEFAULT_BATCH_SIZE,
     normalisation: str = "auto",
     device: str | torch.device | None = None,
+    connected_classes: tuple[int, ...] = (),
 ) -> Prediction:
     """Paint `input_path` from the (prompt image, prompt target) file pairs; write `output_path`
     (.nii.gz / .nii, or .png for a 2-D input). Raises ValueError (ReadError, WriteError) on bad
     input, having written nothing."""
-    prepared = prepare_prediction(prompts, input_path, output_path, task, normalisation)
+    prepared = prepare_prediction(prompts, input_path, output_path, task, normalisation, connected_classes)
     return paint_prediction(model, prepared, batch_size, device)
 
 
@@ -123,10 +126,15 @@ def prepare_prediction(
     output_path: str | Path,
     task: str = "segmentation",
     normalisation: str = "auto",
+    connected_classes: tuple[int, ...] = (),
 ) -> PreparedPrediction:
-    """Read and check the prompt pairs and the input; choose the prompt slices."""
+    """Read and check the prompt pairs and the input; choose the prompt slices. `connected_classes`:
+    segmentation classes that are one structure in the input (a ventricle, an organ): each keeps
+    only its largest connected component of the painting (`mvg.postprocessing`)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    if connected_classes and task != "segmentation":
+        raise ValueError(f"connected classes are segmentation classes; the task is {task}")
     if normalisation not in NORMALISATION_CHOICES:
         raise ValueError(f"unknown normalisation {normalisation!r}; expected one of {', '.join(NORMALISATION_CHOICES)}")
     if not prompts:
@@ -140,7 +148,9 @@ def prepare_prediction(
     query_normalisation = choose_normalisation(query_scan, normalisation)
     query = intensity_scale(query_scan.array, query_normalisation).apply(query_scan.array)
     chosen = tuple(_prepare_prompt(image, target, task, normalisation) for image, target in prompts)
-    return PreparedPrediction(chosen, query, query_scan.geometry, query_scan.path, query_normalisation, output_path, task)
+    _refuse_classes_no_prompt_shows(connected_classes, chosen)
+    return PreparedPrediction(chosen, query, query_scan.geometry, query_scan.path, query_normalisation, output_path, task,
+                              tuple(connected_classes))
 
 
 def _prepare_prompt(image_path, target_path, task: str, normalisation: str) -> Prompt:
@@ -224,6 +234,15 @@ def _labels(target: Scan) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def _refuse_classes_no_prompt_shows(classes: tuple[int, ...], prompts: tuple[Prompt, ...]) -> None:
+    # a class no prompt holds is never painted: naming one is a typo, not a no-op to pass over
+    shown = {int(v) for prompt in prompts for v in np.unique(prompt.target)} | {
+        c for prompt in prompts for c in prompt.classes_left_out}
+    missing = sorted(set(classes) - shown)
+    if missing:
+        raise ValueError(f"connected class(es) {missing} are in no prompt target (its labels: {sorted(shown - {0})})")
+
+
 def _refuse_overwriting_inputs(output: Path, inputs: list[str | Path]) -> None:
     target = output.expanduser().resolve()
     for path in inputs:
@@ -248,6 +267,8 @@ def paint_prediction(
         raise ValueError(f"{len(prepared.prompts)} prompt pairs given; this model takes 1 to {most}")
     prompt_images, prompt_targets = _stack_prompts(prepared.prompts, model.config.image_size)
     painted = paint(model, prompt_images, prompt_targets, prepared.query, prepared.task, batch_size, device, on_batch)
+    if prepared.connected_classes:
+        painted = keep_largest_components(painted, prepared.connected_classes)
     if prepared.task == "segmentation":
         top = int(prompt_targets.max())  # one dtype for every output of these prompts
         path = write_label_map(painted, prepared.geometry, prepared.output_path, top=top)

@@ -297,6 +297,24 @@ def test_copied_prompt_comes_back_exactly_on_every_slice_in_the_input_order(tmp_
     np.testing.assert_array_equal(written, np.broadcast_to(labels[4], labels.shape))
 
 
+@pytest.mark.parametrize("connected", [(5,), ()])
+def test_connected_classes_keep_only_their_largest_painted_component(tmp_path, connected):
+    labels = labelled_volume()
+    labels[4, 60:63, 1:4] = 5  # an island of class 5 in the chosen prompt slice, which is copied to every slice
+    image = np.where(labels > 0, 120, -800).astype(np.int16)
+    scan = save_nifti(tmp_path / "scan.nii.gz", image, OBLIQUE_AFFINE)
+    target = save_nifti(tmp_path / "scan_seg.nii.gz", labels, OBLIQUE_AFFINE)
+    output = tmp_path / "kept.nii.gz"
+
+    predict_scan(CopyPrompt(CONFIG), [(scan, target)], scan, output, connected_classes=connected)
+
+    written = np.asarray(nib.load(str(output)).dataobj)
+    copied = np.broadcast_to(labels[4], labels.shape)
+    expected = np.where((copied == 5) & (np.arange(SIZE)[:, None] >= 60), 0, copied) if connected else copied
+    np.testing.assert_array_equal(written, expected)
+    assert (written == 9).sum() == (copied == 9).sum()  # a class not listed keeps every part
+
+
 def test_painted_query_labels_come_back_exactly_in_the_input_order(tmp_path):
     """The input's intensities are the colour levels of its own labels: a model that paints the
     query returns the labels voxel for voxel, through every orientation and flip."""
@@ -479,8 +497,13 @@ def _too_many_prompts(case):
     return ["4 prompt pairs given; this model takes 1 to 3"]
 
 
+def _unknown_connected_class(case):
+    case["extra"] = ["--connected-classes", "5,7"]  # the prompt's classes are 5 and 9
+    return ["connected class(es) [7] are in no prompt target", "[5, 9]"]
+
+
 REFUSALS = [
-    _bad_shape, _empty_target, _fractional_target, _garbage_input, _missing_prompt, _missing_model,
+    _unknown_connected_class, _bad_shape, _empty_target, _fractional_target, _garbage_input, _missing_prompt, _missing_model,
     _model_without_registry, _folder_without_model, _corrupt_weights, _unwritable_suffix, _png_for_a_volume,
     _output_is_the_input, _unpaired_prompts, _too_many_prompts,
 ]

@@ -183,6 +183,8 @@ def _spec_from_description(root: Path, description: dict, layout: str, spec: Dat
         raise LayoutError(f"{root / 'dataset.json'}: unknown keys in its mvg block: {', '.join(unknown)}")
     if spec is not None:
         return spec
+    if "connected_classes" in overrides:  # a JSON list; the spec holds a tuple
+        overrides["connected_classes"] = tuple(overrides["connected_classes"])
     channel_names = description.get("channel_names") or description.get("modality") or {}
     first_channel = str(next(iter(channel_names.values()), "")) if channel_names else ""
     modality = overrides.pop("modality", "CT" if first_channel.upper() == "CT" else (first_channel or "MRI"))

@@ -154,3 +154,11 @@ def test_a_manifest_declares_its_connected_classes(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(header))
     with pytest.raises(LayoutError, match=r"connected_classes \[3\] are not among its classes"):
         plan_dataset(tmp_path)
+
+
+def test_a_dataset_json_mvg_block_declares_connected_classes(tmp_path):
+    root = write_nnunet(tmp_path / "Dataset081_Organ", {"a": ct_case(1)})
+    description = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps(description | {"mvg": {"connected_classes": [1]}}))
+    assert plan_dataset(root).spec.connected_classes == (1,)  # the organ; the vessel (2) is not declared
+

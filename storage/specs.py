@@ -39,8 +39,9 @@ class DatasetSpec:
     0 nor in the map fails the case. Empty: the file's values are the classes.
     connected_classes: the classes that are one connected structure in every case (a ventricle, a
     lung, the heart), so that a painting may keep only each one's largest connected component
-    (`mvg.postprocessing`, nnU-Net's post-processing). Anatomy the recipe states, not measured:
-    leave out a class with several parts in one case (the lungs as one class, lesions).
+    (`mvg.postprocessing`, nnU-Net's post-processing). Anatomy the recipe states (the real-data
+    tests check it on the releases' labels): leave out a class with several parts in one case (the
+    lungs as one class, lesions), and thin tubes, whose painting can come in pieces.
     """
 
     name: str

@@ -114,8 +114,8 @@ class ModelConfig:
     # Departure from the paper, at inference only: a segmentation painting keeps only the largest
     # connected component of each class its dataset's spec declares one connected structure
     # (`DatasetSpec.connected_classes`; mvg.postprocessing), as nnU-Net post-processes. On the
-    # real benchmark's release weights (two seeds, paired, 3 draws): ACDC +0.015 / +0.010,
-    # MS-CMRSeg +0.019 / +0.010, JSRT +0.005 / +0.002 (docs/model-quality.md)
+    # real benchmark's release weights (three seeds, paired, 3 draws): ACDC +0.015 / +0.010 /
+    # +0.007, MS-CMRSeg +0.019 / +0.010 / +0.010, JSRT +0.005 / +0.002 / +0.005 (docs/model-quality.md)
     largest_components: bool = False
 
     def __post_init__(self):

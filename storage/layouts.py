@@ -183,8 +183,6 @@ def _spec_from_description(root: Path, description: dict, layout: str, spec: Dat
         raise LayoutError(f"{root / 'dataset.json'}: unknown keys in its mvg block: {', '.join(unknown)}")
     if spec is not None:
         return spec
-    if "connected_classes" in overrides:  # a JSON list; the spec holds a tuple
-        overrides["connected_classes"] = tuple(overrides["connected_classes"])
     channel_names = description.get("channel_names") or description.get("modality") or {}
     first_channel = str(next(iter(channel_names.values()), "")) if channel_names else ""
     modality = overrides.pop("modality", "CT" if first_channel.upper() == "CT" else (first_channel or "MRI"))
@@ -413,9 +411,8 @@ def _manifest_spec(path: Path, header: dict, spec: DatasetSpec | None) -> Datase
         spec_fields["classes"] = {int(k): v for k, v in spec_fields["classes"].items()}
     if "label_map" in spec_fields:
         spec_fields["label_map"] = {int(k): int(v) for k, v in spec_fields["label_map"].items()}
-    for key in ("rescale", "connected_classes"):  # JSON lists; the spec holds tuples
-        if spec_fields.get(key) is not None:
-            spec_fields[key] = tuple(spec_fields[key])
+    if spec_fields.get("rescale") is not None:
+        spec_fields["rescale"] = tuple(spec_fields["rescale"])
     if spec is None and "spec" in header:
         spec = get_spec(header["spec"])
     if spec_fields.get("task", spec.task if spec else None) in IMAGE_TO_IMAGE_TASKS:

@@ -74,6 +74,8 @@ class DatasetSpec:
         undeclared = sorted(set(self.label_map.values()) - set(self.classes) - {0})
         if undeclared:
             raise ValueError(f"spec {self.name}: label_map gives class(es) {undeclared} that are not among its classes")
+        # a tuple whatever the source gave (a manifest's or a store's JSON list), so specs compare equal
+        object.__setattr__(self, "connected_classes", tuple(self.connected_classes))
         unknown = sorted(set(self.connected_classes) - set(self.classes))
         if unknown:
             raise ValueError(f"spec {self.name}: connected_classes {unknown} are not among its classes")
@@ -96,7 +98,7 @@ class DatasetSpec:
         data = dict(data)
         data["classes"] = {int(k): v for k, v in data.get("classes", {}).items()}
         data["label_map"] = {int(k): int(v) for k, v in data.get("label_map", {}).items()}
-        for key in ("paper_cases", "rescale", "connected_classes"):
+        for key in ("paper_cases", "rescale"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)

@@ -117,6 +117,13 @@ class ModelConfig:
     # real benchmark's release weights (three seeds, paired, 3 draws): ACDC +0.015 / +0.010 /
     # +0.007, MS-CMRSeg +0.019 / +0.010 / +0.010, JSRT +0.005 / +0.002 / +0.005 (docs/model-quality.md)
     largest_components: bool = False
+    # Departure from the paper, at inference only, slot votes only: a segmentation is painted
+    # under this many colourings of its classes (the evenly spread levels handed to the classes in
+    # turn, so each class wears each level once; at most one colouring per class) and each pixel
+    # takes the class its votes, summed over the colourings, pick. Training shows random colours,
+    # so every colouring is one the model reads; where two classes' slots are confused under one
+    # assignment of levels the others may sort them apart (1 = one colouring, off)
+    test_time_colourings: int = 1
 
     def __post_init__(self):
         if self.decoder not in DECODERS:
@@ -129,6 +136,10 @@ class ModelConfig:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
         if self.slot_inference == "vote" and not self.readout_slots:
             raise ValueError("model.slot_inference = 'vote' reads classes from the slots: it needs model.readout_slots > 0")
+        if self.test_time_colourings < 1:
+            raise ValueError(f"model.test_time_colourings counts colourings, at least 1, not {self.test_time_colourings}")
+        if self.test_time_colourings > 1 and self.slot_inference != "vote":
+            raise ValueError("model.test_time_colourings > 1 sums the slots' class votes: it needs model.slot_inference = 'vote'")
         unknown = sorted(set(self.test_time_flips) - set(TASKS))
         if unknown:
             raise ValueError(f"model.test_time_flips: {', '.join(unknown)} not a task ({', '.join(TASKS)})")

@@ -53,6 +53,13 @@ Our decisions where the paper is silent:
   lists denoising and synthesis, which gained on the real benchmark's weights (low-dose CT +0.06 and
   +0.09 dB, synthesis +0.35 and +0.38 dB on two seeds); segmentation lost (ACDC 0.550 -> 0.446):
   its slots sort anatomy as it stands upright.
+- Colourings (`model.test_time_colourings`, a departure from the paper, slot votes only). Where
+  mirrors turn the anatomy away from what the model learnt, a new colouring does not: training
+  colours every episode at random, so any assignment of levels to classes is one the model reads.
+  A segmentation is painted once per colouring (`rotated_colourings`: the volume's levels handed
+  to its classes in turn, each class wearing each level once) and each pixel takes the class its
+  votes, summed per class over the colourings, pick, so a confusion that follows a level rather
+  than a class is outvoted.
 - Binary colouring. A model trained with it paints one pass per class, each class alone at level
   1, and each voxel takes the class painted brightest, where that clears 0.5 (the paper's binary
   colourisation); `per_class` overrides what the model was trained with.
@@ -124,6 +131,21 @@ def prompt_colouring(prompt_targets: np.ndarray) -> Colouring:
         )
     steps = [round(PALETTE_SIZE * rank / len(classes)) for rank in range(1, len(classes) + 1)]
     return Colouring({value: step / PALETTE_SIZE for value, step in zip(classes, steps)})
+
+
+def rotated_colourings(colouring: Colouring, count: int) -> list[Colouring]:
+    """`colouring` and up to `count` - 1 more with its levels handed to the classes in turn: the
+    i-th class (by id) takes the level the (i + r)-th class has in `colouring`, r = 0, 1, ... So
+    each class wears each level at most once, and there are at most as many colourings as classes
+    (`ModelConfig.test_time_colourings`)."""
+    if count < 1:
+        raise ValueError(f"count colourings, at least 1, not {count}")
+    classes = sorted(colouring.levels)
+    levels = [colouring.levels[value] for value in classes]
+    return [
+        Colouring({value: levels[(rank + turn) % len(classes)] for rank, value in enumerate(classes)})
+        for turn in range(min(count, len(classes)))
+    ]
 
 
 def volume_colouring(prompt_targets: Sequence[np.ndarray], classes: Iterable[int] | None = None) -> Colouring:
@@ -236,8 +258,9 @@ def paint_volume(
         passes = [(None, None)]
     elif per_class:
         passes = [(binary(value), _Levels.of(binary(value), device)) for value in sorted(colouring.levels)]
-    else:
-        passes = [(colouring, _Levels.of(colouring, device))]
+    else:  # with votes, one pass per colouring of the classes (ModelConfig.test_time_colourings)
+        colourings = rotated_colourings(colouring, model.config.test_time_colourings) if votes else [colouring]
+        passes = [(each, _Levels.of(each, device)) for each in colourings]
 
     depth, height, width = query.shape
     painted = np.empty(query.shape, dtype=np.int64 if segmentation else np.float32)
@@ -271,8 +294,10 @@ def paint_volume(
             if segmentation:
                 if per_class:
                     labels = _brightest_class(painted_passes, sorted(colouring.levels), decode)
-                else:  # one pass: painted levels, or votes for them
+                else:  # painted levels, or votes for them summed over the colourings
                     (prediction, shown), (_, levels) = painted_passes[0], passes[0]
+                    if votes:
+                        prediction = _votes_summed(painted_passes, passes)
                     allowed = shown if decode == "prompt" else torch.ones_like(shown)
                     # at the model's size: see module doc
                     labels = levels.vote(prediction, allowed) if votes else levels.decode(prediction, allowed)
@@ -324,6 +349,18 @@ def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], classes: 
     best_score, best = stack.max(dim=0)
     ids = torch.tensor(classes, dtype=torch.int64, device=stack.device)
     return torch.where(best_score >= 0.5, ids[best], torch.zeros_like(best))
+
+
+def _votes_summed(painted: list[tuple[torch.Tensor, torch.Tensor]], passes: list[tuple[Colouring, _Levels]]) -> torch.Tensor:
+    """Each colouring's votes (N, L + 1, H, W), in the order of its own levels, summed per class
+    in the order of the first colouring's levels: what `_Levels.vote` of the first pass reads."""
+    order = passes[0][1].classes.tolist()
+    total = None
+    for (votes, _), (_, levels) in zip(painted, passes):
+        position = {value: index for index, value in enumerate(levels.classes.tolist())}
+        by_class = votes.index_select(1, torch.tensor([position[value] for value in order], device=votes.device))
+        total = by_class if total is None else total + by_class
+    return total
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from mvg.config import preset
 from mvg.evaluation import copy_prompt
-from mvg.inference import MIRRORS, mirrored_mean, paint, prompt_colouring
+from mvg.inference import MIRRORS, mirrored_mean, paint, prompt_colouring, rotated_colourings
 from mvg.model import MVG
 
 torch.set_num_threads(2)
@@ -96,6 +96,51 @@ def test_a_voting_model_returns_the_class_its_votes_pick():
     assert voting.config.slot_inference == "vote", "tiny-cpu reads its classes from slot votes"
     painted = paint(voting, images(1, 64, 64), prompt, images(2, 80, 80, seed=1))
     np.testing.assert_array_equal(painted, copy_prompt(prompt, (2, 80, 80)))
+
+
+class FavoursTheBrightest(VoteForThePrompt):
+    """Votes for the prompt's level at each pixel, and half again as much for the brightest level
+    wherever the prompt shows foreground: an error tied to a level, not to a class."""
+
+    def predict_class_scores(self, query, prompt_images, prompt_targets, levels, task="segmentation"):
+        self.passes = getattr(self, "passes", 0) + 1
+        votes = super().predict_class_scores(query, prompt_images, prompt_targets, levels, task)
+        brightest = int(levels.argmax())
+        votes[:, brightest] += 1.5 * (prompt_targets[:, 0, 0] > 0).float()
+        return votes
+
+
+def test_rotated_colourings_hand_each_class_each_level_once():
+    colouring = prompt_colouring(np.array([[3, 7, 9]]))
+    rotated = rotated_colourings(colouring, 5)
+    assert rotated[0] == colouring and len(rotated) == 3, "the volume's own colouring first; one per class at most"
+    for value in (3, 7, 9):
+        assert sorted(each.levels[value] for each in rotated) == sorted(colouring.levels.values())
+    assert rotated_colourings(colouring, 2) == rotated[:2]
+    with pytest.raises(ValueError, match="at least 1"):
+        rotated_colourings(colouring, 0)
+
+
+def test_votes_summed_over_colourings_cancel_an_error_tied_to_a_level():
+    """With one colouring the class at the brightest level takes all the foreground; summed over
+    the rotated colourings each class wears that level once, so the error cancels and the
+    prompt's own classes come back."""
+    prompt = np.zeros((1, 64, 64), dtype=np.uint8)
+    prompt[0, 5:30, 5:20] = 3
+    prompt[0, 30:60, 10:50] = 7
+    once = paint(FavoursTheBrightest(CONFIG), images(1, 64, 64), prompt, images(2, 64, 64, seed=1))
+    assert set(np.unique(once)) == {0, 7}, "one colouring: the brightest class everywhere"
+    rotating = FavoursTheBrightest(CONFIG.with_overrides(model={"test_time_colourings": 4}))
+    painted = paint(rotating, images(1, 64, 64), prompt, images(2, 64, 64, seed=1))
+    np.testing.assert_array_equal(painted, np.repeat(prompt, 2, axis=0).astype(np.int64))
+    assert rotating.passes == 2, "two classes: two colourings, whatever more were asked for"
+
+
+def test_test_time_colourings_need_slot_votes():
+    with pytest.raises(ValueError, match="slot_inference = 'vote'"):
+        CONFIG.with_overrides(model={"test_time_colourings": 2, "slot_inference": "soft"})
+    with pytest.raises(ValueError, match="at least 1"):
+        CONFIG.with_overrides(model={"test_time_colourings": 0})
 
 
 @pytest.mark.parametrize("pairs", [1, 2])

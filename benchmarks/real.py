@@ -20,6 +20,12 @@ model | baseline | difference | target | met, every figure from this one run.
 evaluates the weights a run kept beside its JSON (the folder `RUN`) again, with inference options
 changed by `--set`, and writes the run's training record with the new figures: a paired comparison
 of inference choices on the same weights, free of the spread between trainings.
+
+    python -m benchmarks.real --steps 6900 --stop-after 2000 --set optim.lr=1.4e-3 --out SCREEN.json
+
+is an early-loss screen: the run follows the schedule of `--steps` (warm-up and decay as the full
+run's) but stops after `--stop-after` steps and writes only its training record, no evaluation and
+no weights, for `benchmarks.early_loss` to set beside full runs of the same schedule.
 """
 
 from __future__ import annotations
@@ -132,11 +138,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/real.json"))
     parser.add_argument("--name", help="MLflow run name")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MVG_HOME/mlflow.db)")
+    parser.add_argument("--stop-after", type=int, metavar="STEPS",
+                        help="an early-loss screen: stop after this many steps of the schedule; write the training record only")
     parser.add_argument("--reevaluate", type=Path, metavar="RUN.json",
                         help="no training: evaluate the weights kept beside RUN.json again, with --set applied to their config")
     args = parser.parse_args()
     if not args.data.is_dir():
         raise SystemExit(f"{args.data}: no such folder; point --data at the folder holding the public datasets")
+    if args.stop_after is not None and (args.stop_after < 1 or args.reevaluate is not None):
+        raise SystemExit("--stop-after takes a positive number of steps to train, and no --reevaluate")
     if args.reevaluate is not None and not (args.reevaluate.with_suffix("") / CHECKPOINT_FILE).is_file():
         raise SystemExit(f"{args.reevaluate}: no weights beside it ({args.reevaluate.with_suffix('') / CHECKPOINT_FILE})")
     mlflow.set_tracking_uri(args.tracking_uri or tracking_uri())
@@ -156,28 +166,36 @@ def main() -> None:
         ingest_s = time.perf_counter() - started
         print(f"store: {len(built)} datasets in {ingest_s:.0f} s", flush=True)
         model, config, training = _train(args, config, store) if reevaluated is None else reevaluated
+        if args.stop_after is not None:
+            write_result(args.out, {"benchmark": "real-screen", "machine": machine(), "config": config.to_dict(),
+                                    "datasets": built, "training": training})
+            return
         _evaluate(args, model, config, training, store, built, ingest_s)
 
 
 def _train(args: argparse.Namespace, config, store: Path) -> tuple:
-    """Train within the budget; keep the weights beside the result. -> (model, config, training record)."""
+    """Train within the budget (up to `--stop-after` steps of it, a screen); keep a full run's weights
+    beside the result. -> (model, config, training record)."""
     config = budgeted(config, [store], args.minutes, args.steps)
     steps = config.optim.steps
-    mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed})
+    stop = min(args.stop_after or steps, steps)
+    mlflow.log_params({"preset": args.preset, "steps": steps, "minutes": args.minutes, "seed": args.seed, "stop_after": stop})
     began = time.perf_counter()
-    trained = train(config, [store], log_every=100, seed=args.seed, on_log=lambda row: print(
+    trained = train(config, [store], steps=stop, log_every=100, seed=args.seed, on_log=lambda row: print(
         f"step {row['step']}/{steps} loss {row['loss']:.4f} ({row['episodes_per_s']:.1f} episodes/s) "
         + " ".join(f"{key[5:]} {value:.4f}" for key, value in row.items() if key.startswith("loss_")), flush=True))
     train_s = time.perf_counter() - began
-    # the trained weights beside the result, loadable with mvg.train.load_trained: evaluation
-    # choices (prompt draws, painting) can be compared again without another half hour of training
-    save_checkpoint(args.out.with_suffix(""), {"model": trained.model.state_dict(), "config": config.to_dict(), "step": trained.step})
+    if trained.step == steps:
+        # the trained weights beside the result, loadable with mvg.train.load_trained: evaluation
+        # choices (prompt draws, painting) can be compared again without another half hour of training
+        save_checkpoint(args.out.with_suffix(""), {"model": trained.model.state_dict(), "config": config.to_dict(), "step": trained.step})
     for row in trained.history:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=row["step"])
     episodes = trained.step * config.optim.batch_size
     mlflow.log_metrics({"train_s": train_s, "episodes": episodes, "episodes_per_s": episodes / train_s})
-    training = {"budget_min": args.minutes, "seed": args.seed, "steps": trained.step, "wall_s": train_s, "episodes": episodes,
-                "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"], "history": trained.history}
+    training = {"budget_min": args.minutes, "seed": args.seed, "steps": trained.step, "schedule_steps": steps, "wall_s": train_s,
+                "episodes": episodes, "episodes_per_s": episodes / train_s, "final_loss": trained.history[-1]["loss"],
+                "history": trained.history}
     return trained.model, config, training
 
 

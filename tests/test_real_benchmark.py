@@ -92,3 +92,52 @@ def test_a_run_s_weights_are_reevaluated_with_inference_overrides_and_its_traini
     (tmp_path / "run.json").write_text(json.dumps({"training": {**record, "steps": 13}}))
     with pytest.raises(SystemExit, match="13 steps but the weights beside it are at step 12"):
         _trained_before(tmp_path / "run.json", {})
+
+
+def record(seed: int, segmentation: list[float], schedule: int = 6900, lr: float = 2e-3, **extra) -> dict:
+    """A run's JSON as far as the early-loss screen reads it: one logged row per 100 steps, the
+    denoising logged only from step 200 (a window where a task drew no episode)."""
+    history = [{"step": 100 * (i + 1), "loss": value, "loss_segmentation": value, **({"loss_denoising": 0.05} if i else {})}
+               for i, value in enumerate(segmentation)]
+    return {"config": {"optim": {"lr": lr}}, "training": {"seed": seed, "steps": 100 * len(segmentation), "history": history, **extra}}
+
+
+def test_early_losses_average_each_task_over_the_window_of_runs_on_one_schedule():
+    from benchmarks.early_loss import early_loss_table, early_losses
+
+    full = record(2, [0.5, 0.4, 0.3, 0.2, 0.1] + [0.05] * 64)  # a full run: 6,900 steps of a 6,900-step schedule
+    screen = record(2, [0.5, 0.3, 0.2, 0.1], lr=1.4e-3, schedule_steps=6900)  # stopped after 400
+    rows = early_losses({"release": full, "screen": screen}, 200, 400)
+    assert [row["run"] for row in rows] == ["release", "screen"] and rows[1]["schedule_steps"] == 6900
+    assert rows[0]["losses"] == {"segmentation": pytest.approx(0.3), "denoising": pytest.approx(0.05)}
+    assert rows[1]["losses"]["segmentation"] == pytest.approx(0.2)
+    assert "| screen | 2 | 0.0014 | 0.2000 | 0.0500 |" in early_loss_table(rows)
+    assert early_losses({"release": full}, 100, 100)[0]["losses"] == {"segmentation": 0.5}, "no denoising logged at step 100"
+
+    with pytest.raises(ValueError, match="screen: trained up to step 400, short of the window's steps 300-500"):
+        early_losses({"release": full, "screen": screen}, 300, 500)
+    with pytest.raises(ValueError, match="release: no training loss logged within steps 150-180"):
+        early_losses({"release": full}, 150, 180)
+    with pytest.raises(ValueError, match="different schedules"):
+        early_losses({"release": full, "short": record(0, [0.5] * 10)}, 100, 400)
+
+
+def test_a_screen_trains_the_first_steps_of_the_full_schedule_and_keeps_no_weights(tmp_path, phantom_store):
+    import argparse
+
+    import mlflow
+
+    from benchmarks.real import _train
+    from mvg.config import preset
+
+    config = preset("tiny-cpu").with_overrides(model={"depth": 1, "embed_dim": 48, "num_heads": 3}, optim={"warmup_steps": 2})
+    out = tmp_path / "screen.json"
+    args = argparse.Namespace(minutes=30.0, steps=8, stop_after=3, seed=1, preset="tiny-cpu", out=out)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run():
+        _, trained_config, training = _train(args, config, phantom_store)
+    assert trained_config.optim.steps == 8 and training["schedule_steps"] == 8
+    assert training["steps"] == 3 and training["episodes"] == 3 * config.optim.batch_size
+    last = training["history"][-1]
+    assert last["step"] == 3 and last["lr"] > 0.5 * config.optim.lr, "the 8-step schedule's lr, not decayed to its end"
+    assert not out.with_suffix("").exists(), "a screen's weights are mid-schedule: none are kept for --reevaluate"

@@ -122,7 +122,8 @@ class ModelConfig:
     # turn, so each class wears each level once; at most one colouring per class) and each pixel
     # takes the class its votes, summed over the colourings, pick. Training shows random colours,
     # so every colouring is one the model reads; where two classes' slots are confused under one
-    # assignment of levels the others may sort them apart (1 = one colouring, off)
+    # assignment of levels the others may sort them apart (1 = one colouring, off). Measured at 3
+    # on the real benchmark: within 0.001 mIoU on well-trained weights, so tiny-cpu paints once
     test_time_colourings: int = 1
 
     def __post_init__(self):

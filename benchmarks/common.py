@@ -46,3 +46,11 @@ def budgeted(config, stores: list, minutes: float, steps: int | None = None, cal
         steps = max(50, int(minutes * 60 * rate / config.optim.batch_size))
         print(f"calibrated at {rate:.1f} episodes/s: {steps} steps fit {minutes:g} min", flush=True)
     return config.with_overrides(optim={"steps": steps, "warmup_steps": max(config.optim.warmup_steps, steps // 50)})
+
+
+def read_result(path: Path) -> dict:
+    """A benchmark's JSON result, or the command's exit naming the file and why it cannot be read."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise SystemExit(f"{path}: not a readable benchmark result ({error})") from None

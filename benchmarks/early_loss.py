@@ -16,11 +16,10 @@ one schedule are compared: the learning rate at a step depends on the schedule's
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import read_result, write_result
 from mvg.config import TASKS
 
 
@@ -81,13 +80,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the rows here as JSON")
     args = parser.parse_args()
     first, last = args.window
-    named = {}
     stems_unique = len({path.stem for path in args.runs}) == len(args.runs)
-    for path in args.runs:
-        try:
-            named[path.stem if stems_unique else str(path)] = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"{path}: not a readable benchmark result ({error})") from None
+    named = {path.stem if stems_unique else str(path): read_result(path) for path in args.runs}
     try:
         rows = early_losses(named, first, last)
     except ValueError as error:

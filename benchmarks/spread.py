@@ -13,11 +13,10 @@ mean meets the target and in how many runs it was met.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import read_result, write_result
 from benchmarks.real import MET_LABELS
 
 
@@ -77,12 +76,7 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="JSON results of benchmarks.real, one per seed")
     parser.add_argument("--out", type=Path, help="write the spread here as JSON")
     args = parser.parse_args()
-    results = []
-    for path in args.runs:
-        try:
-            results.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError) as error:
-            raise SystemExit(f"{path}: not a readable benchmark result ({error})") from None
+    results = [read_result(path) for path in args.runs]
     rows = spread(results)
     print(spread_table(rows))
     if args.out:

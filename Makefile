@@ -24,8 +24,12 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 demo: install
 	$(BIN)/mvg demo
 
+# two pytest workers: most of the suite's time is servers starting and processes waiting on each
+# other, which a second worker overlaps; whole files go to one worker so a module's Ray cluster or
+# trained model is set up once
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # requirements.lock: every dependency pinned for the worker image (infra/docker/Dockerfile), resolved
 # from pyproject.toml for its Python (Ubuntu 24.04's 3.12) on x86-64 Linux

@@ -49,7 +49,7 @@ Our decisions where the paper is silent:
   JSRT from 0.844 to 0.899, and on the demo's phantoms the seven organs from 0.523 to 0.631.
 - Mirrors (`model.test_time_flips`, a departure from the paper, which paints once). The listed
   tasks are painted four times, the query and its prompts mirrored alike (as stored, left-right,
-  up-down, both), each painting mirrored back, and the four averaged (`mirrored_mean`). `tiny-cpu`
+  up-down, both), each painting mirrored back, and the four averaged (`view_mean`). `tiny-cpu`
   lists denoising and synthesis, which gained on the real benchmark's weights (low-dose CT +0.06 and
   +0.09 dB, synthesis +0.35 and +0.38 dB on two seeds); segmentation lost (ACDC 0.550 -> 0.446):
   its slots sort anatomy as it stands upright.
@@ -99,6 +99,7 @@ from mvg.pixels import show_void, unit_float
 DECODE_LEVELS = ("prompt", "all")
 # (up-down, left-right): as stored first, so MIRRORS[:1] paints once
 MIRRORS = ((False, False), (False, True), (True, False), (True, True))
+NO_SHIFT = ((0, 0),)  # the patch grid where the model's input puts it
 
 
 # ------------------------------------------------------------------------------ prompt slices and colours
@@ -253,6 +254,7 @@ def paint_volume(
     # classes read from the slots' votes rather than decoded from painted levels (ModelConfig.slot_inference)
     votes = segmentation and not per_class and model.config.slot_inference == "vote"
     mirrors = MIRRORS if task in model.config.test_time_flips else MIRRORS[:1]  # model.test_time_flips
+    shifts = grid_shifts(model.config.patch_size) if task in model.config.test_time_shifts else NO_SHIFT
     # one (colouring, levels) per pass: the volume's colouring, or class c alone at level 1
     if not segmentation:
         passes = [(None, None)]
@@ -288,9 +290,9 @@ def paint_volume(
                     predict = functools.partial(model.predict, task=task)
                 else:
                     predict = functools.partial(model.predict_uncached, task=task)
-                prediction = mirrored_mean(predict, queries, shown_images, shown_targets, mirrors)
+                prediction = view_mean(predict, queries, shown_images, shown_targets, mirrors, shifts)
                 shown = torch.stack([present for _, _, present in pairs]).any(dim=0) if segmentation else None
-                painted_passes.append((prediction if votes else prediction[:, 0], shown))  # float: mirrored_mean
+                painted_passes.append((prediction if votes else prediction[:, 0], shown))  # float: view_mean
             if segmentation:
                 if per_class:
                     labels = _brightest_class(painted_passes, sorted(colouring.levels), decode)
@@ -313,28 +315,46 @@ def paint_volume(
     return painted
 
 
-def mirrored_mean(
+def grid_shifts(patch_size: int) -> tuple[tuple[int, int], ...]:
+    """(rows, columns) to roll the pixels by so that the patch grid falls at its four half-patch
+    phases, as stored first (`ModelConfig.test_time_shifts`)."""
+    half = patch_size // 2
+    return ((0, 0), (0, half), (half, 0), (half, half))
+
+
+def view_mean(
     predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
     queries: torch.Tensor,
     prompt_images: torch.Tensor,
     prompt_targets: torch.Tensor,
     mirrors: Sequence[tuple[bool, bool]] = MIRRORS,
+    shifts: Sequence[tuple[int, int]] = NO_SHIFT,
 ) -> torch.Tensor:
-    """`predict(queries, prompt_images, prompt_targets)` averaged over `mirrors`, each (up-down,
-    left-right) applied to the queries and the prompts alike, so the episode stays aligned, and
-    undone on the prediction before averaging (`ModelConfig.test_time_flips`)."""
-    total = None
+    """`predict(queries, prompt_images, prompt_targets)` averaged over every view: each mirror of
+    `mirrors` (up-down, left-right) followed by each roll of `shifts` (rows, columns), applied to the
+    queries and the prompts alike, so the episode stays aligned, and undone on the prediction before
+    averaging (`ModelConfig.test_time_flips`, `ModelConfig.test_time_shifts`)."""
+    total, views = None, 0
     for mirror in mirrors:
-        mirrored = [_mirrored(tensor, mirror) for tensor in (queries, prompt_images, prompt_targets)]
-        prediction = _mirrored(predict(*mirrored).float(), mirror)  # a mirror is its own inverse
-        total = prediction if total is None else total + prediction
-    return total / len(mirrors)
+        for shift in shifts:
+            shown = [_rolled(_mirrored(tensor, mirror), shift) for tensor in (queries, prompt_images, prompt_targets)]
+            back = (-shift[0], -shift[1])
+            prediction = _mirrored(_rolled(predict(*shown).float(), back), mirror)  # a mirror is its own inverse
+            total = prediction if total is None else total + prediction
+            views += 1
+    return total / views
 
 
 def _mirrored(tensor: torch.Tensor, mirror: tuple[bool, bool]) -> torch.Tensor:
     """The last two dimensions mirrored up-down and/or left-right."""
     dims = [dim for dim, flipped in zip((-2, -1), mirror) if flipped]
     return tensor.flip(dims) if dims else tensor
+
+
+def _rolled(tensor: torch.Tensor, shift: tuple[int, int]) -> torch.Tensor:
+    """The last two dimensions rolled by (rows, columns), the pixels pushed off one edge coming
+    back at the other."""
+    return tensor.roll(shift, dims=(-2, -1)) if any(shift) else tensor
 
 
 def _brightest_class(painted: list[tuple[torch.Tensor, torch.Tensor]], classes: list[int], decode: str) -> torch.Tensor:

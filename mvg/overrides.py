@@ -22,7 +22,8 @@ from mvg.config import TASKS, MVGConfig
 
 # fields whose strings (or lists of strings) the dataclasses leave unchecked, but whose values are
 # a closed set
-CHOICES = {("objective", "colouring"): SCHEMES, ("data", "dihedral_tasks"): TASKS, ("model", "test_time_flips"): TASKS}
+CHOICES = {("objective", "colouring"): SCHEMES, ("data", "dihedral_tasks"): TASKS, ("model", "test_time_flips"): TASKS,
+           ("model", "test_time_shifts"): TASKS}
 
 
 class OverrideError(ValueError):

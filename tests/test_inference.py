@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from mvg.config import preset
 from mvg.evaluation import copy_prompt
-from mvg.inference import MIRRORS, mirrored_mean, paint, prompt_colouring, rotated_colourings
+from mvg.inference import MIRRORS, grid_shifts, paint, prompt_colouring, rotated_colourings, view_mean
 from mvg.model import MVG
 
 torch.set_num_threads(2)
@@ -322,10 +322,49 @@ def test_a_mirror_turns_the_query_and_its_prompts_alike():
 
     once = pointwise(queries, prompt_images, prompt_targets)
     for mirror in MIRRORS:
-        torch.testing.assert_close(mirrored_mean(pointwise, queries, prompt_images, prompt_targets, [mirror]), once)
-    torch.testing.assert_close(mirrored_mean(pointwise, queries, prompt_images, prompt_targets), once)
+        torch.testing.assert_close(view_mean(pointwise, queries, prompt_images, prompt_targets, [mirror]), once)
+    torch.testing.assert_close(view_mean(pointwise, queries, prompt_images, prompt_targets), once)
 
 
 def test_test_time_flips_name_tasks():
     with pytest.raises(ValueError, match="model.test_time_flips: segmentaton not a task"):
         CONFIG.with_overrides(model={"test_time_flips": ("segmentaton",)})
+    with pytest.raises(ValueError, match="model.test_time_shifts: denoise not a task"):
+        CONFIG.with_overrides(model={"test_time_shifts": ("denoise",)})
+
+
+class PaintsThePatchGrid(MVG):
+    """Paints its query plus an error that follows the patch grid: +0.1 on the left half of every
+    patch column, -0.1 on the right half, wherever the image sits."""
+
+    def predict(self, query, prompt_images, prompt_targets, task="segmentation"):
+        column = torch.arange(query.shape[-1]) % self.config.patch_size
+        return query + torch.where(column < self.config.patch_size // 2, 0.1, -0.1)
+
+
+def test_shifted_paintings_cancel_an_error_that_follows_the_patch_grid():
+    """`test_time_shifts`: the listed tasks' paintings are averaged over the grid's four half-patch
+    phases, so an error fixed to the grid cancels where the image moved under it; other tasks keep it."""
+    queries = images(2, 64, 64, seed=1) * 0.5 + 0.25
+    prompts, prompt_targets = images(1, 64, 64), images(1, 64, 64, seed=2)
+    # no mirrors: a left-right mirror turns this error's sign as well
+    shifting = PaintsThePatchGrid(CONFIG.with_overrides(model={"test_time_shifts": ("denoising",), "test_time_flips": ()}))
+    denoised = paint(shifting, prompts, prompt_targets, queries, task="denoising")
+    np.testing.assert_allclose(denoised, queries, atol=1e-6)
+    synthesised = paint(shifting, prompts, prompt_targets, queries, task="synthesis")
+    assert np.abs(synthesised - queries).max() > 0.09
+
+
+def test_a_shift_moves_the_query_and_its_prompts_alike():
+    """A pointwise painting is the same at every phase of the grid, and with every mirror at every
+    phase, only if query and prompts are rolled together and the painting is rolled back."""
+    queries, prompt_images, prompt_targets = (torch.rand(2, 1, 8, 8), torch.rand(2, 1, 1, 8, 8), torch.rand(2, 1, 1, 8, 8))
+
+    def pointwise(query, images, targets):
+        return query * images[:, 0] + targets[:, 0]
+
+    once = pointwise(queries, prompt_images, prompt_targets)
+    assert grid_shifts(8) == ((0, 0), (0, 4), (4, 0), (4, 4))
+    for shift in grid_shifts(4):
+        torch.testing.assert_close(view_mean(pointwise, queries, prompt_images, prompt_targets, MIRRORS[:1], [shift]), once)
+    torch.testing.assert_close(view_mean(pointwise, queries, prompt_images, prompt_targets, MIRRORS, grid_shifts(4)), once)

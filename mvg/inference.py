@@ -334,15 +334,14 @@ def view_mean(
     `mirrors` (up-down, left-right) followed by each roll of `shifts` (rows, columns), applied to the
     queries and the prompts alike, so the episode stays aligned, and undone on the prediction before
     averaging (`ModelConfig.test_time_flips`, `ModelConfig.test_time_shifts`)."""
-    total, views = None, 0
+    total = None
     for mirror in mirrors:
         for shift in shifts:
             shown = [_rolled(_mirrored(tensor, mirror), shift) for tensor in (queries, prompt_images, prompt_targets)]
             back = (-shift[0], -shift[1])
             prediction = _mirrored(_rolled(predict(*shown).float(), back), mirror)  # a mirror is its own inverse
             total = prediction if total is None else total + prediction
-            views += 1
-    return total / views
+    return total / (len(mirrors) * len(shifts))
 
 
 def _mirrored(tensor: torch.Tensor, mirror: tuple[bool, bool]) -> torch.Tensor:

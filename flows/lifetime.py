@@ -11,6 +11,7 @@ same machine, or the next run of this one, finds no stale server, lock or port.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ import psutil
 GRACE_S = 5.0  # how long a child may take to stop on SIGTERM before it is killed
 UNWIND_S = 30.0  # how long the command may take to unwind after a signal before it is cut short
 KILL_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 @contextmanager
@@ -35,6 +37,7 @@ def children_stopped_if_killed() -> Iterator[None]:
         yield
         return
     owner = os.getpid()
+    adopting = _adopt_orphans(True)
     previous = {number: signal.signal(number, _unwind_on(owner)) for number in KILL_SIGNALS}
     # registered before Prefect and Ray register theirs, so it runs after them (last in, first
     # out): their own shutdown first, then whatever outlived it
@@ -50,6 +53,22 @@ def children_stopped_if_killed() -> Iterator[None]:
             atexit.unregister(stop_descendants)
             for number, handler in previous.items():
                 signal.signal(number, handler)
+            if adopting:
+                _adopt_orphans(False)
+
+
+def _adopt_orphans(on: bool) -> bool:
+    """Make this process (Linux) the new parent of any descendant whose own parent ends first, so
+    the stop at exit still finds it among this process's descendants. Ray's shutdown stops the
+    raylet before its dashboard and runtime-env agents notice: without this they were re-parented
+    to init, out of reach, and lived on when the machine was too busy for them to see their
+    parent go. Returns whether the setting took."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc to call: descendants are found as before
+        return False
 
 
 def _unwind_on(owner: int):

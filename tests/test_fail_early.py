@@ -200,6 +200,37 @@ def test_a_signalled_command_stops_its_children_and_ends_in_bounded_time(signals
                 child.kill()
 
 
+# a command whose child starts a grandchild and ends first, as Ray's raylet ends before its agents
+# notice: the grandchild's pid is printed once its parent is gone
+ORPHANS_A_GRANDCHILD_AND_BLOCKS = """
+import subprocess, sys, time
+from flows import lifetime
+with lifetime.children_stopped_if_killed():
+    middle = subprocess.run(
+        [sys.executable, "-c", "import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], stdout=subprocess.DEVNULL).pid)"],
+        stdout=subprocess.PIPE, text=True, check=True,
+    )
+    print(middle.stdout.strip(), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adopting orphans is Linux's prctl")
+def test_a_descendant_orphaned_before_the_signal_is_stopped_too():
+    command = [sys.executable, "-c", ORPHANS_A_GRANDCHILD_AND_BLOCKS]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True) as process:
+        orphan = psutil.Process(int(process.stdout.readline()))
+        try:
+            assert orphan.ppid() == process.pid, "the orphan was not adopted by the command"
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 128 + signal.SIGTERM
+            assert not servers.still_running(psutil.wait_procs([orphan], timeout=5)[1]), "the orphan outlived the command"
+        finally:
+            servers.stop_group(process)
+            if orphan.is_running():
+                orphan.kill()
+
+
 def command_lines(processes) -> list[str]:
     """The command lines of those still there (one may end while they are listed)."""
     found = []

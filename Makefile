@@ -26,10 +26,11 @@ demo: install
 
 # two pytest workers: most of the suite's time is servers starting and processes waiting on each
 # other, which a second worker overlaps; whole files go to one worker so a module's Ray cluster or
-# trained model is set up once
+# trained model is set up once; each worker's torch gets its share of the cores (tests/conftest.py).
+# The 20 slowest tests are listed at the end, to see where the time goes
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-dev
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20
 
 # requirements.lock: every dependency pinned for the worker image (infra/docker/Dockerfile), resolved
 # from pyproject.toml for its Python (Ubuntu 24.04's 3.12) on x86-64 Linux

@@ -43,7 +43,6 @@ from storage.geometry import planar_geometry
 from storage.specs import DatasetSpec
 from storage.store import Sample, StoredDataset, ZarrStore, prepare_dataset, write_case
 
-torch.set_num_threads(2)
 
 # 64 px; decoded from painted levels: the stand-ins below paint (`predict`), they cast no slot votes
 CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3, "slot_inference": "soft"})

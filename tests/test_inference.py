@@ -12,7 +12,6 @@ from mvg.evaluation import copy_prompt
 from mvg.inference import MIRRORS, grid_shifts, paint, prompt_colouring, rotated_colourings, view_mean
 from mvg.model import MVG
 
-torch.set_num_threads(2)
 
 CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})  # 64 px
 

@@ -15,8 +15,6 @@ from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, targe
 from mvg.step import episode_losses
 from storage.phantoms import phantom_case
 
-torch.set_num_threads(2)
-
 
 def tiny(**model) -> MVG:
     torch.manual_seed(0)

@@ -35,7 +35,6 @@ from storage.readers import read_scan
 from storage.writers import WriteError, write_image, write_label_map
 from tests.conftest import LPS_AFFINE, ct_case
 
-torch.set_num_threads(2)
 
 # 64 px; decoded from painted levels: the stand-ins below paint (`predict`), they cast no slot votes
 CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3, "slot_inference": "soft"})

@@ -23,7 +23,6 @@ from mvg.inference import paint
 from mvg.model import MVG
 from mvg.pyfunc import as_model_input, load_predictor, load_weights, log_mvg_model, save_weights
 
-torch.set_num_threads(2)
 
 CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})
 

@@ -30,7 +30,6 @@ from mvg.pyfunc import as_model_input, log_mvg_model
 from storage.phantoms import phantom_case
 from storage.preprocess import intensity_scale
 
-torch.set_num_threads(2)
 
 CONFIG = preset("tiny-cpu").with_overrides(model={"depth": 2, "embed_dim": 96, "num_heads": 3})  # 64 px
 SCHEMES = ("random", "binary")

@@ -73,6 +73,12 @@ class ModelConfig:
     # the prompt like everything else) or "task" (all of it for segmentation episodes, none for
     # image tasks: inference says its task, and the slots' sorting then never blurs a denoising)
     slot_share: str = "learned"
+    # The slot logits' initial weights scaled by this factor (1: PyTorch's default init). At the
+    # default, a fresh tiny-cpu model sorts every pixel almost evenly into its 16 slots (logit std
+    # 0.14, the winning slot 7.6 % of a pixel against 6.25 % even), so every slot reads the prompt's
+    # mean colour and the sorting has to break that symmetry before segmentation can fit; the
+    # release's seeds differ most in how soon they do (docs/model-quality.md)
+    slot_init_scale: float = 1.0
     # How a trained model paints in slots ("soft": as in training, each pixel in its slots'
     # softmax-weighted colours; "argmax": each slot's colour over the prompt pixels it wins, each
     # query pixel in its winning slot's colour). A soft mix of two slots at an edge can land on the
@@ -145,6 +151,8 @@ class ModelConfig:
             raise ValueError(f"model.slot_inference {self.slot_inference!r} is not one of {', '.join(SLOT_INFERENCES)}")
         if self.slot_inference == "vote" and not self.readout_slots:
             raise ValueError("model.slot_inference = 'vote' reads classes from the slots: it needs model.readout_slots > 0")
+        if self.slot_init_scale <= 0:
+            raise ValueError(f"model.slot_init_scale scales the slot logits' initial weights: it must be > 0, not {self.slot_init_scale}")
         if self.test_time_colourings < 1:
             raise ValueError(f"model.test_time_colourings counts colourings, at least 1, not {self.test_time_colourings}")
         if self.test_time_colourings > 1 and self.slot_inference != "vote":

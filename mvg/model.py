@@ -141,6 +141,8 @@ class UNetDecoder(nn.Module):
         if self.slots:  # the slot painting starts nearly shut (2 %): image tasks keep their regression
             with torch.no_grad():
                 self.out.bias[-1] = SLOT_SHARE_BIAS
+                # ModelConfig.slot_init_scale: the sorting's start made sharper
+                self.out.weight[1 + self.residual : 1 + self.residual + self.slots] *= config.slot_init_scale
 
     def forward(
         self, features: torch.Tensor, image: torch.Tensor | None = None, carried: torch.Tensor | None = None, tasks: torch.Tensor | None = None

@@ -297,6 +297,23 @@ def test_task_slot_share_paints_segmentation_in_prompt_levels_and_images_by_regr
         preset("tiny-cpu").with_overrides(model={"slot_share": "sometimes"})
 
 
+def test_slot_init_scale_sharpens_only_the_sorting_at_the_start():
+    plain, sharp = tiny(), tiny(slot_init_scale=8.0)  # the same seed: the same weights but the slot rows
+    slots = slice(2, 2 + plain.config.readout_slots)  # after the painting and the residual gate
+    assert torch.equal(sharp.decoder.out.weight[slots], 8.0 * plain.decoder.out.weight[slots])
+    others = [row for row in range(plain.decoder.out.weight.shape[0]) if not slots.start <= row < slots.stop]
+    assert torch.equal(sharp.decoder.out.weight[others], plain.decoder.out.weight[others])
+    px, _, x, _ = images(2, 1)
+    winning = {}
+    for name, model in (("plain", plain), ("sharp", sharp)):
+        with torch.no_grad():
+            logits = model.forward_ar(px, torch.where(px > 0.5, 0.25, 0.75), x, with_slots=True)[2]
+        winning[name] = float(torch.softmax(logits, dim=1).max(dim=1).values.mean())
+    assert winning["sharp"] > 1.5 * winning["plain"], winning  # each pixel held more by one slot, less evenly spread
+    with pytest.raises(ValueError, match="slot_init_scale"):
+        preset("tiny-cpu").with_overrides(model={"slot_init_scale": 0.0})
+
+
 def test_argmax_slot_inference_paints_only_prompt_levels_where_soft_mixes_them():
     """Two slots tied at a pixel: the soft painting lands between their colours (a level no prompt
     pixel has); argmax paints one of them. A model configured with it paints argmax in eval mode

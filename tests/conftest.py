@@ -25,6 +25,12 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TORCH_THREADS = max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 torch.set_num_threads(TORCH_THREADS)
 
+# Ray lowers its workers to nice 15 so that a driver stays responsive. Under xdist the other
+# worker's tests run at nice 0 and starved them: a two-worker TorchTrainer fit with nothing to
+# train took 146 s beside a busy process, and 28.5 s with Ray's workers at nice 0 (processes the
+# tests start, `ray start` included, inherit this).
+os.environ.setdefault("RAY_worker_niceness", "0")
+
 # Scanners write LPS-like affines: negative x and y, anisotropic, with an origin.
 LPS_AFFINE = np.array(
     [[-0.8, 0.0, 0.0, 120.0], [0.0, -0.8, 0.0, 100.0], [0.0, 0.0, 2.5, -40.0], [0.0, 0.0, 0.0, 1.0]]

@@ -27,7 +27,9 @@ class ModelConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     max_pairs: int = 4  # learned pair-index embeddings: k prompt pairs + the query pair
-    decoder_channels: int = 64  # channels after the pixel shuffle
+    # channels after the pixel shuffle: the "paper" decoder only (the unet decoder's widths come from
+    # `skip_channels`, so on tiny-cpu this setting changes nothing)
+    decoder_channels: int = 64
     drop_path: float = 0.1
     # "paper": block features -> pixel shuffle -> convs. "unet", a departure from the paper (off in
     # `base` / `large`): the block features at the patch grid are upsampled 2x per level back to

@@ -20,7 +20,9 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -139,6 +141,20 @@ def ensure_ray() -> None:
     Train's placement-group cleaner polls the state API it serves); nothing if already connected."""
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS") or None, runtime_env={"env_vars": runtime_env_vars()})
+        sigterm_without_native_alarm()
+
+
+def sigterm_without_native_alarm() -> None:
+    """Leave SIGTERM to Ray's Python handler alone (a bare sys.exit, which Ray's blocking calls
+    and Prefect's crash report unwind from). `ray.init` also puts Ray's native failure handler in
+    front of it, and that one arms a 3 s alarm that aborts the process: a stopped command whose
+    unwinding took longer (a busy machine) died mid-way, before the stop of what it had started,
+    and Ray's agents lived on. Setting the Python handler again takes the native one off SIGTERM;
+    crashes (SIGSEGV, SIGABRT) keep it."""
+    if threading.current_thread() is threading.main_thread():  # Python's rule for handlers
+        handler = signal.getsignal(signal.SIGTERM)
+        if handler is not None:  # None: set outside Python, nothing to set again
+            signal.signal(signal.SIGTERM, handler)
 
 
 def stored_location(checkpoint: ray.train.Checkpoint, job: TrainJob) -> str:

@@ -291,3 +291,29 @@ def test_a_sigterm_stops_every_process_mvg_train_started(moment, phantom_store, 
         servers.stop_group(process)
         for leftover in psutil.wait_procs(started, timeout=0)[1]:
             leftover.kill()  # what a failing check found still running
+
+
+# Ray's native failure handler answers SIGTERM with a 3 s alarm that aborts the process; what a
+# stopped command does at exit (Prefect's crash report, Ray's shutdown, the stop of what it
+# started) took longer than that on a busy machine, and the stop never ran
+SLOW_EXIT_AFTER_SIGTERM = """
+import atexit, os, signal, sys, time
+from mvg.distributed import ensure_ray
+
+atexit.register(lambda: open(sys.argv[1], "w").write("ran"))  # first in, so it runs last
+ensure_ray()
+atexit.register(time.sleep, 5)  # a shutdown slower than the native handler's 3 s
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(60)
+"""
+
+
+@pytest.mark.slow
+def test_a_sigterm_after_ray_started_lets_a_slow_exit_finish(tmp_path):
+    marker = tmp_path / "last-exit-step"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    process = subprocess.run([sys.executable, "-c", SLOW_EXIT_AFTER_SIGTERM, str(marker)], env=env, capture_output=True,
+                             text=True, timeout=300, start_new_session=True)
+    assert process.returncode != -signal.SIGABRT, process.stderr[-3000:]  # cut short mid-exit
+    assert process.returncode == signal.SIGTERM  # Ray's own handler: sys.exit(15)
+    assert marker.read_text() == "ran"

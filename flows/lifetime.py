@@ -45,8 +45,11 @@ def children_stopped_if_killed() -> Iterator[None]:
     killed = False
     try:
         yield
-    except (KeyboardInterrupt, SystemExit):  # Ray's driver turns SIGTERM into SystemExit too
+    except (KeyboardInterrupt, SystemExit) as stopped:
         killed = True
+        # once Ray has started, SIGTERM reaches Ray's own handler (a bare sys.exit), not ours, so the
+        # deadline ours sets is set here, for the rest of the unwinding: Ray's and Prefect's shutdown
+        _end_after(UNWIND_S, owner, signal.SIGINT if isinstance(stopped, KeyboardInterrupt) else signal.SIGTERM)
         raise
     finally:
         if not killed:  # a killed process keeps the handlers: a second signal must not skip the stop

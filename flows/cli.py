@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_runs_under(mvg_home())  # before anything imports Prefect, which reads its home at import
     try:
         check_tracking_server(args)  # before any server starts: MLflow's own retries take minutes
-        with children_stopped_if_killed():
+        # argv None: the command line is this process's own (`mvg ...`), not main() called inside
+        # another program, so whatever it started is stopped at its exit however it ends
+        with children_stopped_if_killed(also_after_a_normal_end=argv is None):
             return args.run(args)
     except (FileNotFoundError, KeyError, ValueError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error

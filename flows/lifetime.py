@@ -28,11 +28,13 @@ PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
 
 
 @contextmanager
-def children_stopped_if_killed() -> Iterator[None]:
+def children_stopped_if_killed(also_after_a_normal_end: bool = False) -> Iterator[None]:
     """Run the block; if SIGTERM or SIGINT ends it, every process this one started (and theirs)
     is stopped as the process exits, after Prefect's and Ray's own shutdown. Handlers are set in
     the main thread only (Python's rule) and restored after a normal end, so a command run inside
-    a test leaves the test's own in place."""
+    a test leaves the test's own in place. `also_after_a_normal_end` is for the process that is
+    the command: what is still running when it exits is stopped however the block ended (now and
+    then a Ray actor process, its core worker shut down, hangs on after its raylet has gone)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -53,11 +55,12 @@ def children_stopped_if_killed() -> Iterator[None]:
         raise
     finally:
         if not killed:  # a killed process keeps the handlers: a second signal must not skip the stop
-            atexit.unregister(stop_descendants)
             for number, handler in previous.items():
                 signal.signal(number, handler)
-            if adopting:
-                _adopt_orphans(False)
+            if not also_after_a_normal_end:
+                atexit.unregister(stop_descendants)
+                if adopting:
+                    _adopt_orphans(False)
 
 
 def _adopt_orphans(on: bool) -> bool:

@@ -231,6 +231,36 @@ def test_a_descendant_orphaned_before_the_signal_is_stopped_too():
                 orphan.kill()
 
 
+# a command that ends normally with a descendant still running, as a Ray actor process now and then
+# hangs on after its raylet is gone; the grandchild is orphaned first, as that actor was
+LEAVES_AN_ORPHAN_AND_ENDS = """
+import subprocess, sys
+from flows import lifetime
+with lifetime.children_stopped_if_killed(also_after_a_normal_end=sys.argv[1] == "command"):
+    middle = subprocess.run(
+        [sys.executable, "-c", "import subprocess, sys; print(subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], stdout=subprocess.DEVNULL).pid)"],
+        stdout=subprocess.PIPE, text=True, check=True,
+    )
+    print(middle.stdout.strip(), flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adopting orphans is Linux's prctl")
+@pytest.mark.parametrize(("caller", "outlives"), [("command", False), ("in-process", True)])
+def test_what_a_command_started_ends_with_it_however_it_ends(caller, outlives):
+    command = [sys.executable, "-c", LEAVES_AN_ORPHAN_AND_ENDS, caller]
+    with subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True) as process:
+        orphan = psutil.Process(int(process.stdout.readline()))
+        try:
+            assert process.wait(timeout=30) == 0
+            # main() called inside another program leaves that program's processes to it
+            assert bool(servers.still_running(psutil.wait_procs([orphan], timeout=5)[1])) == outlives
+        finally:
+            servers.stop_group(process)
+            if orphan.is_running():
+                orphan.kill()
+
+
 def command_lines(processes) -> list[str]:
     """The command lines of those still there (one may end while they are listed)."""
     found = []

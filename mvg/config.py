@@ -218,6 +218,12 @@ class ObjectiveConfig:
     # query's loss teaches the sorting only through the query's pixels; this scores every prompt
     # pixel too, and it can be met only by slots that each hold one class (0 = off).
     prompt_slot_weight: float = 0.0
+    # With `model.readout_slots`, on autoregressive segmentation episodes: weight of a soft Dice loss
+    # on the query's class votes, read through the first prompt's slots as inference reads them
+    # (`model.slot_inference` "vote"; mvg.objectives.vote_dice). A departure from the paper, whose
+    # loss is the smooth L1 alone: Dice scores every class alike whatever its size, as nnU-Net's
+    # Dice + cross-entropy does, where the pixel losses are ruled by the large structures (0 = off).
+    vote_dice_weight: float = 0.0
 
 
 @dataclass(frozen=True)

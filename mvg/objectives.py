@@ -1,5 +1,6 @@
 """The hybrid objective: masks for masked image modelling, block-causal attention for the
-autoregressive path, and the weighted smooth-L1 loss on target pixels (paper 3.3, 4.1).
+autoregressive path, and the weighted smooth-L1 loss on target pixels (paper 3.3, 4.1), with the
+slot losses that join it on segmentation episodes.
 """
 
 from __future__ import annotations
@@ -104,3 +105,22 @@ def slot_likelihood(slot_logits: torch.Tensor, colours: torch.Tensor, target: to
     distance = (target.float() - colours.float()[:, :, None, None]) ** 2 / (2 * sigma**2)
     nll = -torch.logsumexp(log_slots - distance, dim=1, keepdim=True)
     return (nll * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1e-6)
+
+
+def vote_dice(votes: torch.Tensor, target: torch.Tensor, levels: torch.Tensor, classes: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """Per-sample soft Dice loss of the slots' class votes: (B,) losses, 1 - the mean Dice over the
+    `classes` each sample scores (0 where it scores none).
+
+    votes (B, C, H, W), each pixel's vote for each of the C `levels` (background first); target
+    (B, 1, H, W) painted in those levels; classes (B, C) bool, the levels a sample scores (the
+    foreground levels its prompt shows: the votes cannot name any other). Dice weighs each class
+    alike whatever its size, so a thin myocardium counts as much as the cavity it rings, where a
+    pixel loss is ruled by the large structures; a class the prompt shows but the query lacks
+    scores 0 unless nothing votes for it."""
+    members = (target.float() == levels.float().view(1, -1, 1, 1)).float()
+    overlap = (votes.float() * members).flatten(2).sum(2)
+    sizes = votes.float().flatten(2).sum(2) + members.flatten(2).sum(2)
+    dice = (2 * overlap + smooth) / (sizes + smooth)
+    scored = classes.float()
+    mean_dice = (dice * scored).sum(1) / scored.sum(1).clamp_min(1.0)
+    return (1 - mean_dice) * (scored.sum(1) > 0).float()

@@ -4,7 +4,8 @@ Each episode already says its path (`is_mim`, sampled by the episode sampler fro
 100 % autoregressive, other tasks 90 % MIM). Rows of each path run together; the loss of an episode
 is the mean over its target images (prompt targets and the query target) of the weighted smooth L1,
 weighted by target (`ObjectiveConfig.unprompted_segmentation_weight`) and by pixel (`target_weights`); with slots
-the slot likelihood and the prompt's own slot painting join it on segmentation episodes.
+the slot likelihood, the prompt's own slot painting and the Dice of the class votes join it on
+segmentation episodes.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import torch
 from torch import nn
 
 from mvg.config import TASKS, ObjectiveConfig
-from mvg.model import MVG, paint_slots
-from mvg.objectives import block_mask, patch_mask_to_pixels, slot_likelihood, target_weights, weighted_smooth_l1
+from mvg.model import MVG, paint_slots, slot_class_shares, vote_slots
+from mvg.objectives import block_mask, patch_mask_to_pixels, slot_likelihood, target_weights, vote_dice, weighted_smooth_l1
 from mvg.pixels import show_void
 
 INPAINTING = TASKS.index("inpainting")
@@ -78,7 +79,21 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         losses = losses + objective.prompt_slot_weight * torch.where(
             is_segmentation, loss(own, prompt_targets[:, 0], prompt_images[:, 0], 1.0), 0.0
         )
+    if not is_mim and colours is not None and objective.vote_dice_weight and bool(is_segmentation.any()):
+        dice = _vote_dice(slot_logits, prompt_slots, prompt_targets[:, 0], query_target, is_segmentation)
+        losses = losses + objective.vote_dice_weight * dice
     return losses
+
+
+def _vote_dice(slot_logits, prompt_slots, prompt_target, query_target, is_segmentation) -> torch.Tensor:
+    """(B,) soft Dice loss of the query's class votes on segmentation rows (0 on the others), each
+    row scored on the foreground levels its first prompt shows. The levels are those the batch's
+    segmentation prompts are painted in: whatever the colouring, votes name only what a prompt shows."""
+    levels = torch.unique(torch.cat([prompt_target[is_segmentation].flatten(), prompt_target.new_zeros(1)]))
+    shown = (prompt_target.flatten(1)[:, :, None] == levels).any(dim=1) & is_segmentation[:, None]
+    shown[:, 0] = False  # background: its Dice is ruled by its size, which Dice is used to escape
+    votes = vote_slots(slot_logits, slot_class_shares(prompt_slots[:, None], prompt_target[:, None], levels))
+    return vote_dice(votes, query_target, levels, shown)
 
 
 def _shown_images(prompt_images: torch.Tensor, query_image: torch.Tensor, tasks: torch.Tensor, void_level: float):

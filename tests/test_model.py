@@ -11,7 +11,7 @@ import torch
 from mvg.colouring import binary, random_colouring
 from mvg.config import PRESETS, TASKS, ModelConfig, ObjectiveConfig, preset
 from mvg.model import MVG, paint_slots, pixel_places, slot_class_shares, slot_colours, vote_slots
-from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights
+from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights, vote_dice
 from mvg.step import episode_losses
 from storage.phantoms import phantom_case
 
@@ -442,6 +442,37 @@ def test_prompt_slot_loss_scores_the_prompt_painted_from_its_own_slots():
     assert torch.allclose(own, target, atol=1e-3), "pure slots paint their prompt back"
     mixed = torch.zeros(1, 4, 64, 64)
     assert float((paint_slots(mixed, slot_colours(mixed[:, None], target[:, None])) - target).abs().mean()) > 0.2
+
+
+def test_vote_dice_scores_each_shown_class_alike_whatever_its_size():
+    levels = torch.tensor([0.0, 0.25, 0.5])
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., :6, :] = 0.25  # a large class
+    target[..., 7, :2] = target[..., 6, :2] = 0.5  # a four-pixel class
+    exact = (target == levels.view(1, -1, 1, 1)).float()
+    both = torch.tensor([[False, True, True]])
+    assert float(vote_dice(exact, target, levels, both)) == pytest.approx(0.0, abs=1e-6)
+    small_missed = exact.clone()
+    small_missed[:, 2], small_missed[:, 0, 6:, :2] = 0.0, 1.0
+    large_missed = exact.clone()
+    large_missed[:, 1], large_missed[:, 0, :6] = 0.0, 1.0
+    # Dice is nearly size-blind: losing the 4 pixels costs about as much as losing the 48
+    small, large = float(vote_dice(small_missed, target, levels, both)), float(vote_dice(large_missed, target, levels, both))
+    assert 0.35 < small < large < 0.5
+    assert float(vote_dice(small_missed, target, levels, torch.zeros(1, 3, dtype=torch.bool))) == 0.0
+
+
+def test_vote_dice_joins_segmentation_episodes_only_and_trains_the_slots():
+    model = tiny(decoder="unet", readout_slots=4)
+    batch = _segmentation_then_image_batch()
+    plain = episode_losses(model, batch, ObjectiveConfig())
+    with_dice = episode_losses(model, batch, ObjectiveConfig(vote_dice_weight=1.0))
+    assert float(with_dice[0]) > float(plain[0]) + 0.1
+    assert float(with_dice[1]) == pytest.approx(float(plain[1]))
+    model.train()
+    model.zero_grad()
+    (episode_losses(model, batch, ObjectiveConfig(vote_dice_weight=1.0)) - episode_losses(model, batch, ObjectiveConfig())).sum().backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.parameters())
 
 
 def test_residual_that_starts_open_starts_as_the_identity():

@@ -353,6 +353,9 @@ PRESETS: dict[str, MVGConfig] = {
     # - the slots' sorting started 16 times sharper than PyTorch's init, so the slots read distinct
     #   prompt colours from the first step: over three seeds seven figures of eight rose and the
     #   seeds' ACDC agree to 0.040 instead of 0.127; every phantom figure rose.
+    # - a soft Dice loss on the slots' class votes, weight 0.1, so a small class counts as much as a
+    #   large one: ACDC rose on each of three seeds (mean 0.526 -> 0.575), the seven phantom organs
+    #   0.698 -> 0.741, and every phantom figure still beats its baseline.
     "tiny-cpu": MVGConfig(
         name="tiny-cpu",
         model=ModelConfig(
@@ -363,7 +366,7 @@ PRESETS: dict[str, MVGConfig] = {
         ),
         objective=ObjectiveConfig(
             mim_fraction=0.25, background_weight=0.5, unprompted_segmentation_weight=0.0, slot_likelihood_weight=0.01,
-            unchanged_weight=0.1, prompt_slot_weight=1.0,
+            unchanged_weight=0.1, prompt_slot_weight=1.0, vote_dice_weight=0.1,
         ),
         data=DataConfig(resize=64, crop=64, dataset_weighting="slices", hole_episodes=0.5),
         optim=OptimConfig(lr=2e-3, warmup_steps=40, steps=800, batch_size=8, bf16=False),

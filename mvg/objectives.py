@@ -90,9 +90,15 @@ def target_weights(
     return weights * (~empty).view(-1, 1, 1, 1).to(target.dtype)
 
 
-def weighted_smooth_l1(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-sample weighted mean of smooth L1 over pixels: (B,) losses (0 where all weights are 0)."""
-    loss = F.smooth_l1_loss(prediction.float(), target.float(), beta=beta, reduction="none")
+def weighted_smooth_l1(prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, beta: float | torch.Tensor) -> torch.Tensor:
+    """Per-sample weighted mean of smooth L1 over pixels: (B,) losses (0 where all weights are 0).
+    `beta` is one for the batch or a (B,) tensor, each sample's own."""
+    if isinstance(beta, torch.Tensor):
+        beta = beta.float().view(-1, *([1] * (prediction.dim() - 1)))
+        difference = (prediction.float() - target.float()).abs()
+        loss = torch.where(difference < beta, 0.5 * difference**2 / beta, difference - 0.5 * beta)
+    else:
+        loss = F.smooth_l1_loss(prediction.float(), target.float(), beta=beta, reduction="none")
     weighted = (loss * weights).flatten(1).sum(1)
     return weighted / weights.flatten(1).sum(1).clamp_min(1e-6)
 

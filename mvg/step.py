@@ -58,9 +58,11 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         )
         prompt_pixels, query_pixels = torch.ones_like(prompt_targets), torch.ones_like(query_target)
 
+    beta = _smooth_l1_betas(objective, batch["task_index"])
+
     def loss(prediction, target, image, pixels):
         weights = target_weights(target, is_segmentation, objective.background_weight, image, objective.unchanged_weight)
-        return weighted_smooth_l1(prediction, target, weights * pixels, objective.smooth_l1_beta)
+        return weighted_smooth_l1(prediction, target, weights * pixels, beta)
 
     per_target = [loss(query_out, query_target, query_image, query_pixels)]
     per_target += [loss(prompt_out[:, p], prompt_targets[:, p], prompt_images[:, p], prompt_pixels[:, p]) for p in range(pairs)]
@@ -83,6 +85,14 @@ def _path_losses(model: MVG, batch: dict, objective: ObjectiveConfig, is_mim: bo
         dice = _vote_dice(slot_logits, prompt_slots, prompt_targets[:, 0], query_target, is_segmentation)
         losses = losses + objective.vote_dice_weight * dice
     return losses
+
+
+def _smooth_l1_betas(objective: ObjectiveConfig, tasks: torch.Tensor) -> float | torch.Tensor:
+    """The smooth L1's beta: one for the batch, or each row's task's (`task_smooth_l1_beta`)."""
+    if not objective.task_smooth_l1_beta:
+        return objective.smooth_l1_beta
+    by_task = [objective.task_smooth_l1_beta.get(task, objective.smooth_l1_beta) for task in TASKS]
+    return torch.tensor(by_task, device=tasks.device)[tasks]
 
 
 def _vote_dice(slot_logits, prompt_slots, prompt_target, query_target, is_segmentation) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from mvg.colouring import binary, random_colouring
 from mvg.config import PRESETS, TASKS, ModelConfig, ObjectiveConfig, preset
 from mvg.model import MVG, paint_slots, pixel_places, slot_class_shares, slot_colours, vote_slots
-from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights, vote_dice
+from mvg.objectives import block_causal_mask, block_mask, slot_likelihood, target_weights, vote_dice, weighted_smooth_l1
 from mvg.step import episode_losses
 from storage.phantoms import phantom_case
 
@@ -426,6 +426,37 @@ def test_slot_loss_is_added_on_segmentation_episodes_only(weight):
     with_loss = episode_losses(model, batch, ObjectiveConfig(**{weight: 1.0}))
     assert float(with_loss[0]) > float(plain[0]) + 0.1
     assert float(with_loss[1]) == pytest.approx(float(plain[1]))
+
+
+def test_a_tasks_own_smooth_l1_beta_changes_its_episodes_alone():
+    """`task_smooth_l1_beta` gives the denoising row (row 1) the loss a batch-wide beta of that value
+    would, and leaves the segmentation row at the paper's beta."""
+    model = tiny()
+    batch = _segmentation_then_image_batch()
+    paper = episode_losses(model, batch, ObjectiveConfig())
+    own = episode_losses(model, batch, ObjectiveConfig(task_smooth_l1_beta={"denoising": 0.5}))
+    everywhere = episode_losses(model, batch, ObjectiveConfig(smooth_l1_beta=0.5))
+    assert float(own[0]) == pytest.approx(float(paper[0]), rel=1e-5)
+    assert float(own[1]) == pytest.approx(float(everywhere[1]), rel=1e-5)
+    assert float(own[1]) < float(paper[1]) - 0.01, "errors below beta are squared and halved"
+
+
+def test_weighted_smooth_l1_takes_each_samples_own_beta():
+    generator = torch.Generator().manual_seed(0)
+    prediction, target = torch.rand(3, 1, 8, 8, generator=generator), torch.rand(3, 1, 8, 8, generator=generator)
+    weights = (torch.rand(3, 1, 8, 8, generator=generator) > 0.3).float()
+    betas = torch.tensor([0.01, 0.2, 1.0])
+    per_sample = weighted_smooth_l1(prediction, target, weights, betas)
+    for row, beta in enumerate(betas.tolist()):
+        alone = weighted_smooth_l1(prediction[row:row + 1], target[row:row + 1], weights[row:row + 1], beta)
+        assert float(per_sample[row]) == pytest.approx(float(alone[0]), rel=1e-5)
+
+
+def test_task_smooth_l1_betas_name_tasks_and_are_positive():
+    with pytest.raises(ValueError, match="colouring-in not among the tasks"):
+        ObjectiveConfig(task_smooth_l1_beta={"colouring-in": 0.1})
+    with pytest.raises(ValueError, match="above 0"):
+        ObjectiveConfig(task_smooth_l1_beta={"denoising": 0.0})
 
 
 def test_prompt_slot_loss_scores_the_prompt_painted_from_its_own_slots():
